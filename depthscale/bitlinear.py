@@ -1,0 +1,131 @@
+"""BitLinear (BitNet b1.58): ternary weights with a per-tensor scale, int8 per-token activations.
+
+Three forms of one linear, all computing y = (x_q · W_tᵀ) · γ / s  (DESIGN §1):
+  * training:  straight-through estimator over fake-quantised x and W (gradients reach the float W);
+  * eval:      the integer-valued path, ternarising the float W on the fly;
+  * packed:    the deployed form, W_t stored 2 bits per weight plus γ, run by the custom op
+               torch.ops.depthscale.bitlinear (the exporter turns it into one ONNX node).
+Eval and packed give bit-identical results: unpack(pack(W_t)) == W_t and the arithmetic is shared.
+
+Integer-valued products are accumulated in float32. They are exact (|x_q| ≤ 128, |W_t| ≤ 1, so every
+partial sum is an integer below 2^24 for in_features < 131072) and so independent of summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACT_MAX = 127.0
+EPS = 1e-5
+
+
+def ternarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w float [out, in] -> (W_t int8 [out, in] in {-1, 0, 1}, γ float32 [] = mean|w|)."""
+    gamma = w.detach().float().abs().mean().clamp(min=EPS)
+    w_t = (w.detach().float() / gamma).round().clamp(-1, 1).to(torch.int8)
+    return w_t, gamma
+
+
+def pack_ternary(w_t: torch.Tensor) -> torch.Tensor:
+    """W_t int8 [out, in] in {-1,0,1} -> uint8 [out, ceil(in/4)].
+
+    Code c = w + 1 in {0, 1, 2}; element 4j+i sits in bits 2i..2i+1 of byte j. Padding codes mean 0.
+    """
+    out_f, in_f = w_t.shape
+    pad = (-in_f) % 4
+    codes = (w_t.to(torch.int16) + 1)
+    codes = F.pad(codes, (0, pad), value=1).view(out_f, -1, 4)
+    packed = codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)
+    return packed.to(torch.uint8)
+
+
+def unpack_ternary(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """uint8 [out, ceil(in/4)] -> W_t float32 [out, in] in {-1, 0, 1} (the inverse of pack_ternary)."""
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
+    codes = (packed.unsqueeze(-1) >> shifts) & 3                   # [out, in/4, 4]
+    w = codes.reshape(packed.shape[0], -1)[:, :in_features]
+    return w.to(torch.float32) - 1.0
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x float [..., in] -> (x_q float32 [..., in], integer-valued in [-128, 127]; s float32 [..., 1]).
+
+    s = 127 / max|x| per token (x ≈ x_q / s).
+    """
+    amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    s = torch.reciprocal(amax) * ACT_MAX
+    x_q = (x * s).round().clamp(-128.0, 127.0)
+    return x_q, s
+
+
+def bitlinear_int(x: torch.Tensor, w_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """The integer-valued BitLinear: x float [..., in], W_t float [out, in] ternary, γ [] -> [..., out]."""
+    x_q, s = quantize_activations(x)
+    acc = torch.matmul(x_q, w_t.t())                              # exact integers in float32
+    return acc * (gamma / s)
+
+
+@torch.library.custom_op("depthscale::bitlinear", mutates_args=())
+def bitlinear_op(x: torch.Tensor, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Packed BitLinear: x float32 [..., in], w_packed uint8 [out, ceil(in/4)], γ float32 [] -> [..., out]."""
+    return bitlinear_int(x, unpack_ternary(w_packed, in_features), gamma)
+
+
+@bitlinear_op.register_fake
+def _(x, w_packed, gamma, in_features):
+    return x.new_empty((*x.shape[:-1], w_packed.shape[0]))
+
+
+class BitLinear(nn.Module):
+    """A bias-free BitNet b1.58 linear: in_features -> out_features; float weight, quantised use."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, std=in_features ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            # straight-through estimator: forward the quantised values, backward the identity
+            x_q, s = quantize_activations(x)
+            x_ste = x + (x_q / s - x).detach()
+            w_t, gamma = ternarize(self.weight)
+            w_ste = self.weight + (w_t.float() * gamma - self.weight).detach()
+            return F.linear(x_ste, w_ste)
+        w_t, gamma = ternarize(self.weight)
+        return bitlinear_int(x, w_t.float(), gamma)
+
+    def packed(self) -> "PackedBitLinear":
+        w_t, gamma = ternarize(self.weight)
+        return PackedBitLinear(pack_ternary(w_t), gamma, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class PackedBitLinear(nn.Module):
+    """The deployed BitLinear: 2-bit packed ternary weight + γ, inference only, one custom op."""
+
+    def __init__(self, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, w_packed.shape[0]
+        self.register_buffer("w_packed", w_packed)
+        self.register_buffer("gamma", gamma.reshape(()).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bitlinear_op(x, self.w_packed, self.gamma, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits=2"
+
+
+def make_linear(in_features: int, out_features: int, bitnet: bool) -> nn.Module:
+    """BitLinear when the model is BitNet, else a bias-free float nn.Linear."""
+    if bitnet:
+        return BitLinear(in_features, out_features)
+    lin = nn.Linear(in_features, out_features, bias=False)
+    nn.init.normal_(lin.weight, std=in_features ** -0.5)
+    return lin

@@ -1,0 +1,166 @@
+"""Checkpoints: `model.pt` (a dict of plain data) or a directory with config.json + model.safetensors.
+
+Nothing from a checkpoint is ever executed: `.pt` files load with torch.load(weights_only=True), the
+directory form with safetensors. Every problem raises CheckpointError with a message naming it.
+Writes are atomic: a checkpoint on disk is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import DepthScaleConfig
+from .model import DepthScaleModel
+
+FORMAT = "depthscale"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded (or saved); the message says why."""
+
+
+def _plain_state_dict(model: DepthScaleModel) -> dict[str, torch.Tensor]:
+    if any(n.endswith("w_packed") for n, _ in model.named_buffers()):
+        raise CheckpointError("cannot save a packed (inference-only) model: save the model before .packed()")
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("head.weight")                                   # the same tensor as embed.weight
+    return sd
+
+
+def save_checkpoint(model: DepthScaleModel, path: str | os.PathLike) -> Path:
+    """Save `model` to `path`: a path ending in .pt gets the single-file form, any other a directory."""
+    path = Path(path)
+    sd = _plain_state_dict(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pt":
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "config": model.config.to_dict(), "state_dict": sd}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        save_file(sd, str(tmp_dir / WEIGHTS_FILE), metadata={"format": FORMAT,
+                                                             "format_version": str(FORMAT_VERSION)})
+        (tmp_dir / CONFIG_FILE).write_text(model.config.to_json() + "\n")
+        if path.exists():
+            if not (path / CONFIG_FILE).exists() and any(path.iterdir()):
+                raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp_dir, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, loop: str = "auto") -> DepthScaleModel:
+    """Load either checkpoint form into a DepthScaleModel in eval mode. Raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    if path.is_dir():
+        config, sd = _read_directory(path)
+    else:
+        config, sd = _read_pt(path)
+    model = DepthScaleModel(config, loop=loop)
+    _check_state_dict(model, sd, path)
+    model.load_state_dict(sd, strict=False)                    # keys and shapes checked above
+    return model.eval()
+
+
+def _read_pt(path: Path) -> tuple[DepthScaleConfig, dict]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file holds objects that only arbitrary code could build, and "
+            f"DepthScale never runs code from a checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except (EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e})") from None
+    except RuntimeError as e:
+        msg = str(e)
+        kind = "truncated or corrupt file" if ("zip" in msg or "archive" in msg or "central directory" in msg) \
+            else "not a readable checkpoint"
+        raise CheckpointError(f"{path}: {kind} ({msg.splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001 - anything else torch.load raises means "not a checkpoint"
+        raise CheckpointError(f"{path}: not a DepthScale checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a DepthScale checkpoint (expected a dict with format={FORMAT!r})")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unknown format_version {version!r}; this DepthScale reads {FORMAT_VERSION}")
+    for key in ("config", "state_dict"):
+        if not isinstance(obj.get(key), dict):
+            raise CheckpointError(f"{path}: checkpoint has no '{key}' dict")
+    return _config(obj["config"], path), obj["state_dict"]
+
+
+def _read_directory(path: Path) -> tuple[DepthScaleConfig, dict]:
+    cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for f in (cfg_file, weights_file):
+        if not f.is_file():
+            raise CheckpointError(f"{path}: not a DepthScale checkpoint directory (missing {f.name})")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    try:
+        sd = load_file(str(weights_file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_file}: truncated or corrupt safetensors file ({e})") from None
+    return _config(cfg, cfg_file), sd
+
+
+def _config(d, where: Path) -> DepthScaleConfig:
+    try:
+        return DepthScaleConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}: invalid config: {e}") from None
+
+
+def _check_state_dict(model: DepthScaleModel, sd: dict, where: Path) -> None:
+    expected = {k: v for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        expected.pop("head.weight")
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(f"{where}: state_dict does not match the config ({'; '.join(parts)})")
+    for k, ref in expected.items():
+        t = sd[k]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{where}: {k} is a {type(t).__name__}, not a tensor")
+        if tuple(t.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{where}: {k} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{where}: {k} has dtype {t.dtype}, expected a floating-point tensor")

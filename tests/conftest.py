@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from depthscale import DepthScaleConfig, DepthScaleModel
+
+
+def small_config(**overrides) -> DepthScaleConfig:
+    base = dict(vocab_size=17, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, window=3, prelude_layers=1,
+                core_layers=2, cross_layers=1, max_iters=6, min_iters=1, tol=1e-3, max_seq_len=512)
+    base.update(overrides)
+    return DepthScaleConfig(**base)
+
+
+def small_model(seed: int = 0, **overrides) -> DepthScaleModel:
+    torch.manual_seed(seed)
+    return DepthScaleModel(small_config(**overrides)).eval()
+
+
+@pytest.fixture
+def model() -> DepthScaleModel:
+    return small_model()
+
+
+@pytest.fixture(autouse=True)
+def _no_grad_default():
+    torch.manual_seed(0)
+    yield
