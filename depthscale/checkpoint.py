@@ -107,7 +107,7 @@ def _read_pt(path: Path) -> tuple[DepthScaleConfig, dict]:
             else "not a readable checkpoint"
         raise CheckpointError(f"{path}: {kind} ({msg.splitlines()[0][:200]})") from None
     except Exception as e:  # noqa: BLE001 - anything else torch.load raises means "not a checkpoint"
-        raise CheckpointError(f"{path}: not a DepthScale checkpoint ({type(e).__name__}: "
+        raise CheckpointError(f"{path}: not a DepthScale checkpoint, nor any torch.save file ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a DepthScale checkpoint (expected a dict with format={FORMAT!r})")

@@ -83,7 +83,7 @@ class DepthScaleConfig:
                 raise ValueError("tokenizer must be a string of distinct characters")
             if len(self.tokenizer) + 1 > self.vocab_size:
                 raise ValueError(f"vocab_size ({self.vocab_size}) is smaller than the tokenizer "
-                                 f"({len(self.tokenizer)} characters + padding)")
+                                 f"({len(self.tokenizer)} characters + BOS)")
 
     @property
     def head_dim(self) -> int:

@@ -1,6 +1,6 @@
 """Synthetic tasks where depth matters, as per-position labelling.
 
-Each task reads a character string; the label at position i is a function of characters 0..i (so a
+Each task reads a character string, encoded with a leading BOS (id 0, unlabelled); the label at position i is a function of characters 0..i (so a
 causal model can answer in place), and -100 marks positions that carry no label. With a sliding
 window of w positions, information moves at most (w - 1) positions per layer per iteration, so
 answers that depend on far-back characters need more iterations T.
@@ -16,15 +16,20 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenizer import CharTokenizer
+from .tokenizer import BOS_ID, CharTokenizer
 
 IGNORE = -100
 
 
 @dataclass(frozen=True)
 class Batch:
-    ids: torch.Tensor      # int64 [B, N]
-    labels: torch.Tensor   # int64 [B, N], IGNORE where unlabelled
+    ids: torch.Tensor      # int64 [B, 1 + length], BOS first
+    labels: torch.Tensor   # int64 [B, 1 + length], IGNORE where unlabelled (BOS included)
+
+    @staticmethod
+    def with_bos(ids: torch.Tensor, labels: torch.Tensor) -> "Batch":
+        bos = torch.full_like(ids[:, :1], BOS_ID)
+        return Batch(ids=torch.cat([bos, ids], 1), labels=torch.cat([torch.full_like(bos, IGNORE), labels], 1))
 
 
 class Task:
@@ -36,7 +41,7 @@ class Task:
         return CharTokenizer(self.chars)
 
     def sample(self, batch: int, length: int, gen: torch.Generator) -> Batch:
-        """A batch of `batch` examples of `length` characters."""
+        """A batch of `batch` examples of `length` characters (at most; addition rounds to pairs)."""
         raise NotImplementedError
 
     def labels_for(self, text: str) -> str:
@@ -50,7 +55,7 @@ class Parity(Task):
     def sample(self, batch, length, gen):
         bits = torch.randint(0, 2, (batch, length), generator=gen)
         parity = torch.cumsum(bits, dim=1) % 2
-        return Batch(ids=bits + 1, labels=parity + 1)          # '0' -> 1, '1' -> 2
+        return Batch.with_bos(bits + 1, parity + 1)          # '0' -> 1, '1' -> 2
 
     def labels_for(self, text):
         out, p = [], 0
@@ -76,7 +81,7 @@ class Addition(Task):
         s = torch.stack(digits, dim=1)
         ids = torch.stack([a, b], dim=2).reshape(batch, 2 * n) + 1
         labels = torch.stack([torch.full_like(s, IGNORE - 1), s], dim=2).reshape(batch, 2 * n) + 1
-        return Batch(ids=ids[:, :length], labels=labels[:, :length])
+        return Batch.with_bos(ids[:, :length], labels[:, :length])
 
     def labels_for(self, text):
         out, carry = [], 0
