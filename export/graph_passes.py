@@ -1,0 +1,65 @@
+"""Passes over the exported onnx-ir model, each doing one thing."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from .onnx_ops import DOMAIN, DOMAIN_VERSION, function_protos
+
+
+def _all_nodes(model: ir.Model):
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+    for fn in model.functions.values():
+        yield from ir.traversal.RecursiveGraphIterator(fn)
+
+
+def attach_functions(model: ir.Model) -> None:
+    """Give every custom-domain op used in the model its local function body."""
+    used = {n.op_type for n in _all_nodes(model) if n.domain == DOMAIN}
+    opset = model.opset_imports[""]
+    for proto in function_protos(opset):
+        if proto.name in used:
+            fn = ir.serde.deserialize_function(proto)
+            model.functions[fn.identifier()] = fn
+    model.opset_imports[DOMAIN] = DOMAIN_VERSION
+
+
+def strip_metadata(model: ir.Model) -> None:
+    """Drop doc strings and metadata properties (exporter stack traces, module paths) everywhere."""
+    model.doc_string = None
+    model.metadata_props.clear()
+    graphs = [model.graph, *model.functions.values()]
+    for node in _all_nodes(model):
+        node.doc_string = None
+        node.metadata_props.clear()
+        for value in node.outputs:
+            value.metadata_props.clear()
+            value.doc_string = None
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs.append(attr.value)
+    for g in graphs:
+        g.doc_string = None
+        g.metadata_props.clear()
+        for value in (*g.inputs, *g.outputs):
+            value.metadata_props.clear()
+            value.doc_string = None
+    for init in model.graph.initializers.values():
+        init.metadata_props.clear()
+        init.doc_string = None
+
+
+def find_loops(model: ir.Model) -> list[ir.Node]:
+    """Every Loop node, at any depth."""
+    return [n for n in _all_nodes(model) if n.op_type == "Loop" and n.domain == ""]
+
+
+def expose_loop_state(model: ir.Model, name: str = "state") -> None:
+    """Add the recursion's final hidden state s_T (the Loop's first float carried output) as a graph
+    output. For the per-iteration parity check: run with max_iters = t to read s_t."""
+    (loop,) = [n for n in model.graph if n.op_type == "Loop"]
+    carried = [v for v in loop.outputs if v.dtype == ir.DataType.FLOAT and v.shape is not None
+               and len(v.shape) == 3]
+    state = carried[0]
+    state.name = name
+    model.graph.outputs.append(state)

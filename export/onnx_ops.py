@@ -1,0 +1,146 @@
+"""The custom ONNX ops of domain "depthscale": schemas, torch.onnx translations, function bodies.
+
+Each op is exported as one bare node (op_type BitLinear / WindowAttention, attributes
+plugin_namespace="depthscale" and plugin_version="1" so TensorRT can match a plugin), and the model
+carries a local function of standard ops with the same name that ONNX Runtime inlines.
+
+The function bodies mirror the eager code in depthscale.bitlinear and depthscale.window_attention op
+for op: BitLinear bit-exactly (its matmul is over integers), WindowAttention within float rounding.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnx.defs import OpSchema
+from onnxscript import FLOAT, UINT8, script
+from onnxscript import opset18 as op
+
+DOMAIN = "depthscale"
+DOMAIN_VERSION = 1
+PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1"}
+BODY_OPSET = 18          # the opset the bodies are written in; retagged to the model's opset (>= 18)
+
+_ds = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
+
+
+def _schema(name: str, inputs: list[tuple[str, str]], attr: str, doc: str) -> OpSchema:
+    FP = OpSchema.FormalParameter
+    attrs = [OpSchema.Attribute(attr, OpSchema.AttrType.INT, ""),
+             OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, ""),
+             OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "")]
+    return OpSchema(name, DOMAIN, DOMAIN_VERSION, doc=doc,
+                    inputs=[FP(n, t) for n, t in inputs], outputs=[FP("Y", "T")],
+                    type_constraints=[("T", ["tensor(float)"], ""), ("U", ["tensor(uint8)"], "")],
+                    attributes=attrs)
+
+
+BITLINEAR_SCHEMA = _schema("BitLinear", [("X", "T"), ("W", "U"), ("G", "T")], "in_features",
+                           "y = (x_q · W_tᵀ) · γ / s; W 2-bit packed ternary [out, ceil(in/4)], γ [] float")
+WINDOW_ATTENTION_SCHEMA = _schema("WindowAttention", [("Q", "T"), ("K", "T"), ("V", "T")], "window",
+                                  "causal sliding-window attention, Q [B,H,n,D], K/V [B,Hkv,n,D]")
+_BitLinearNode = onnxscript.values.Op(_ds, "BitLinear", BITLINEAR_SCHEMA)
+_WindowAttentionNode = onnxscript.values.Op(_ds, "WindowAttention", WINDOW_ATTENTION_SCHEMA)
+
+
+def translate_bitlinear(x, w_packed, gamma, in_features: int):
+    return _BitLinearNode(x, w_packed, gamma, in_features=in_features, **PLUGIN_ATTRS)
+
+
+def translate_window_attention(q, k, v, window: int):
+    return _WindowAttentionNode(q, k, v, window=window, **PLUGIN_ATTRS)
+
+
+def translation_table() -> dict:
+    """For torch.onnx.export(custom_translation_table=...)."""
+    import torch
+
+    import depthscale.bitlinear  # noqa: F401  (registers torch.ops.depthscale.*)
+    import depthscale.window_attention  # noqa: F401
+    return {torch.ops.depthscale.bitlinear.default: translate_bitlinear,
+            torch.ops.depthscale.window_attention.default: translate_window_attention}
+
+
+# ---- function bodies (mirror depthscale/bitlinear.py and depthscale/window_attention.py) ----------
+
+@script(_ds, default_opset=op)
+def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
+    # unpack_ternary: codes = (W[..., None] >> [0, 2, 4, 6]) & 3; W_t = codes[:, :in] - 1
+    shifts = op.Cast(op.Constant(value_ints=[0, 2, 4, 6]), to=2)
+    three = op.Cast(op.Constant(value_int=3), to=2)
+    codes = op.BitwiseAnd(op.BitShift(op.Unsqueeze(W, [-1]), shifts, direction="RIGHT"), three)
+    rows = op.Shape(W, start=0, end=1)
+    flat = op.Reshape(codes, op.Concat(rows, op.Constant(value_ints=[-1]), axis=0))
+    n_in = op.Reshape(op.Constant(value_int=in_features), op.Constant(value_ints=[1]))
+    w_t = op.Sub(op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=1),
+                 op.Constant(value_float=1.0))
+    # quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127)
+    amax = op.Max(op.ReduceMax(op.Abs(X), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
+    s = op.Mul(op.Reciprocal(amax), op.Constant(value_float=127.0))
+    x_q = op.Clip(op.Round(op.Mul(X, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
+    acc = op.MatMul(x_q, op.Transpose(w_t, perm=[1, 0]))
+    return op.Mul(acc, op.Div(G, s))
+
+
+@script(_ds, default_opset=op)
+def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
+    zero = op.Constant(value_ints=[0])
+    one = op.Constant(value_ints=[1])
+    # grouped KV heads: repeat_interleave over axis 1
+    B = op.Shape(Q, start=0, end=1)
+    H = op.Shape(Q, start=1, end=2)
+    n = op.Shape(Q, start=2, end=3)
+    D = op.Shape(Q, start=3, end=4)
+    Hkv = op.Shape(K, start=1, end=2)
+    group = op.Div(H, Hkv)
+    kv5 = op.Concat(B, Hkv, group, n, D, axis=0)
+    qshape = op.Concat(B, H, n, D, axis=0)
+    K = op.Reshape(op.Expand(op.Unsqueeze(K, [2]), kv5), qshape)
+    V = op.Reshape(op.Expand(op.Unsqueeze(V, [2]), kv5), qshape)
+    # blocks of b = min(window, n) queries, each against its own and the previous block
+    w = op.Reshape(op.Constant(value_int=window), one)
+    b = op.Min(w, n)
+    nb = op.Div(op.Sub(op.Add(n, b), one), b)
+    pad = op.Sub(op.Mul(nb, b), n)
+    qb = op.Reshape(op.Pad(Q, op.Concat(zero, zero, zero, zero, zero, zero, pad, zero, axis=0)),
+                    op.Concat(B, H, nb, b, D, axis=0))
+    kvp_pads = op.Concat(zero, zero, b, zero, zero, zero, pad, zero, axis=0)
+    blocks = op.Concat(B, H, op.Add(nb, one), b, D, axis=0)
+    kp = op.Reshape(op.Pad(K, kvp_pads), blocks)
+    vp = op.Reshape(op.Pad(V, kvp_pads), blocks)
+    two = op.Constant(value_ints=[2])
+    nb1 = op.Add(nb, one)
+    kb = op.Concat(op.Slice(kp, zero, nb, two), op.Slice(kp, one, nb1, two), axis=3)
+    vb = op.Concat(op.Slice(vp, zero, nb, two), op.Slice(vp, one, nb1, two), axis=3)
+    scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=1)))
+    scores = op.Mul(op.MatMul(qb, op.Transpose(kb, perm=[0, 1, 2, 4, 3])), scale)
+    # mask: query blk*b + i, key blk*b - b + j; allowed iff 0 <= i - j + b < window and key >= 0
+    b0 = op.Squeeze(b, zero)
+    i = op.Unsqueeze(op.Range(op.Constant(value_int=0), b0, op.Constant(value_int=1)), [1])
+    j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Mul(b0, op.Constant(value_int=2)),
+                              op.Constant(value_int=1)), [0])
+    dist = op.Add(op.Sub(i, j), b0)
+    allowed = op.And(op.GreaterOrEqual(dist, op.Constant(value_int=0)), op.Less(dist, w))
+    blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(nb, zero), op.Constant(value_int=1)), [1, 2])
+    allowed = op.And(op.Unsqueeze(allowed, [0]),
+                     op.Or(op.Greater(blk, op.Constant(value_int=0)),
+                           op.Unsqueeze(op.GreaterOrEqual(j, b0), [0])))
+    neg_inf = op.Constant(value_float=float("-inf"))
+    probs = op.Softmax(op.Where(allowed, scores, neg_inf), axis=-1)
+    out = op.MatMul(probs, vb)
+    return op.Slice(op.Reshape(out, op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
+
+
+FUNCTIONS = (BitLinear, WindowAttention)
+
+
+def function_protos(opset: int) -> list[onnx.FunctionProto]:
+    """The function bodies, with their default-domain import set to the model's opset."""
+    protos = []
+    for fn in FUNCTIONS:
+        proto = fn.to_function_proto()
+        for imp in proto.opset_import:
+            if imp.domain == "":
+                imp.version = opset
+        protos.append(proto)
+    return protos
