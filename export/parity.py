@@ -1,0 +1,144 @@
+"""The parity gate: eager PyTorch against ONNX Runtime (CPU) on seeded inputs.
+
+Running is kept apart from comparing (Polygraphy's model): an EagerRunner and Polygraphy's
+OnnxrtRunner produce RunResults, Polygraphy's Comparator compares them, and we add what a recurrent
+model needs on top: exact iteration counts, top-1 agreement, the smallest tolerances that would have
+passed, and a per-iteration check of the hidden state that shows where drift starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
+
+from depthscale import DepthScaleConfig, DepthScaleModel
+
+from .graph_passes import expose_loop_state
+
+
+@dataclass(frozen=True)
+class Sample:
+    batch: int
+    seq: int
+    max_iters: int
+    tol: float
+
+    def feed(self, config: DepthScaleConfig, seed: int) -> OrderedDict:
+        """Seeded ids: uniform over the vocabulary; for a model with a CharTokenizer, BOS (id 0) first
+        and then its characters' ids, as the model sees text."""
+        rng = np.random.default_rng(seed)
+        if config.tokenizer:
+            ids = rng.integers(1, len(config.tokenizer) + 1, (self.batch, self.seq), dtype=np.int64)
+            ids[:, 0] = 0
+        else:
+            ids = rng.integers(0, config.vocab_size, (self.batch, self.seq), dtype=np.int64)
+        return OrderedDict(input_ids=ids,
+                           max_iters=np.array(self.max_iters, dtype=np.int64),
+                           tol=np.array(self.tol, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    atol: float = 1e-4           # logits: |ort - eager| <= atol + rtol * |eager|, element-wise
+    rtol: float = 1e-3
+    state_atol: float = 1e-4     # per-iteration hidden-state check: first iteration above this "diverges"
+
+
+def make_samples(shapes: list[tuple[int, int]], iters: list[int], tols: list[float]) -> list[Sample]:
+    return [Sample(b, n, t, tol) for (b, n), t, tol in itertools.product(shapes, iters, tols)]
+
+
+class EagerRunner(BaseRunner):
+    """Polygraphy runner over an eager DepthScaleModel on CPU."""
+
+    def __init__(self, model: DepthScaleModel, name: str = "eager-pytorch"):
+        super().__init__(name=name)
+        self.model = model
+
+    def activate_impl(self):
+        self.model.eval()
+
+    def get_input_metadata_impl(self):
+        return (TensorMetadata().add("input_ids", np.int64, ("batch", "seq"))
+                .add("max_iters", np.int64, ()).add("tol", np.float32, ()))
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(feed_dict["input_ids"]), int(feed_dict["max_iters"]),
+                             float(feed_dict["tol"]))
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(logits=out.logits.numpy(), iterations=out.iterations.numpy())
+
+    def deactivate_impl(self):
+        pass
+
+
+def _errors(ort_out: np.ndarray, eager_out: np.ndarray) -> tuple[float, float]:
+    diff = np.abs(ort_out.astype(np.float64) - eager_out.astype(np.float64))
+    rel = diff / np.maximum(np.abs(eager_out.astype(np.float64)), 1e-12)
+    return (float(diff.max()) if diff.size else 0.0, float(rel.max()) if rel.size else 0.0)
+
+
+def compare_samples(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol: Tolerances,
+                    seed: int = 0) -> dict:
+    """Run every sample through eager and ORT; compare. Returns the report's "samples" section."""
+    feeds = [s.feed(model.config, seed + i) for i, s in enumerate(samples)]
+    runners = [EagerRunner(model), OnnxrtRunner(SessionFromOnnx(onnx_path, providers=["cpu"]))]
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        results = Comparator.run(runners, data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
+            atol={"logits": tol.atol, "iterations": 0}, rtol={"logits": tol.rtol, "iterations": 0},
+            check_shapes=True))
+    polygraphy_passed = bool(accuracy)
+    (eager_name, eager_runs), (ort_name, ort_runs) = results.items()
+    rows = []
+    for sample, e, o in zip(samples, eager_runs, ort_runs):
+        abs_err, rel_err = _errors(o["logits"], e["logits"])
+        same_iters = bool(np.array_equal(o["iterations"], e["iterations"]))
+        within = bool(np.all(np.abs(o["logits"] - e["logits"]) <= tol.atol + tol.rtol * np.abs(e["logits"])))
+        rows.append({
+            **asdict(sample),
+            "logits_max_abs_err": abs_err, "logits_max_rel_err": rel_err,
+            "iterations_max_abs_err": int(np.abs(o["iterations"] - e["iterations"]).max()) if e["iterations"].size else 0,
+            "iterations_equal": same_iters,
+            "iterations_mean": float(e["iterations"].mean()),
+            "early_exit": bool((e["iterations"] < sample.max_iters).any()),
+            "top1_agreement": float((o["logits"].argmax(-1) == e["logits"].argmax(-1)).mean()),
+            "passed": same_iters and within,
+        })
+    return {"runners": [eager_name, ort_name], "polygraphy_passed": polygraphy_passed, "rows": rows}
+
+
+def per_iteration_check(model: DepthScaleModel, onnx_path: str, sample: Sample, tol: Tolerances,
+                        seed: int = 0) -> dict:
+    """Hidden state s_t after each iteration t = 1..T, eager against ORT (ORT run with max_iters = t)."""
+    debug = ir.load(onnx_path)
+    expose_loop_state(debug)
+    sess = ort.InferenceSession(ir.to_proto(debug).SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = sample.feed(model.config, seed)
+    ids = torch.from_numpy(feed["input_ids"])
+    errors, first = [], None
+    with torch.no_grad():
+        state = model.init(ids)
+        for t in range(1, sample.max_iters + 1):
+            state = model.step(state, sample.tol)
+            feed["max_iters"] = np.array(t, dtype=np.int64)
+            s_ort = sess.run(["state"], feed)[0]
+            err = float(np.abs(s_ort - state.s.numpy()).max()) if s_ort.size else 0.0
+            errors.append(err)
+            if first is None and err > tol.state_atol:
+                first = t
+    return {**asdict(sample), "state_max_abs_err": errors, "first_diverging_iteration": first}
