@@ -1,0 +1,170 @@
+"""export(): checkpoint or model -> artifact directory, gated on parity with eager PyTorch.
+
+Stages (each timed, reported on stderr unless quiet): load, export, check, parity, write.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import onnxruntime
+import onnxscript
+import polygraphy
+import torch
+
+import depthscale
+from depthscale import DepthScaleModel, load_checkpoint
+
+from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, staging_dir, write_json
+from .onnx_export import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from .onnx_ops import DOMAIN, DOMAIN_VERSION
+from .op_check import check_ops
+from .parity import Sample, Tolerances, compare_samples, make_samples, per_iteration_check
+
+
+class BadInput(Exception):
+    """Bad usage or a bad input file (exit code 2)."""
+
+
+class ExportFailed(Exception):
+    """torch.onnx or the graph passes failed (exit code 3)."""
+
+
+@dataclass
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    max_iters_cap: int | None = None                     # default: config.max_iters
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    shapes: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1), (1, 7), (3, 24)])
+    iters: list[int] | None = None                       # default: 0, 1, 4 and the cap
+    tols: list[float] | None = None                      # default: 0 and config.tol
+    seed: int = 0
+    force: bool = False
+    quiet: bool = False
+    command: str | None = None                           # recorded in the manifest
+
+
+class _Progress:
+    def __init__(self, quiet: bool):
+        self.quiet, self.timings = quiet, {}
+
+    def stage(self, name: str, fn, *args, **kwargs):
+        if not self.quiet:
+            print(f"[depthscale-export] {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        if not self.quiet:
+            print(f"[depthscale-export] {name} done in {self.timings[name]:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+
+def _load(source) -> DepthScaleModel:
+    if isinstance(source, DepthScaleModel):
+        return source.eval()
+    try:
+        return load_checkpoint(source)
+    except depthscale.CheckpointError as e:
+        raise BadInput(str(e)) from None
+
+
+def _export(model: DepthScaleModel, cap: int, opset: int) -> ir.Model:
+    try:
+        return export_onnx(model, cap, opset)
+    except Exception as e:  # noqa: BLE001 - torch.onnx raises many types; all mean "export failed"
+        raise ExportFailed(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def export(source, out_dir, options: ExportOptions | None = None) -> dict:
+    """Export a checkpoint path (or a DepthScaleModel) to the artifact directory `out_dir`.
+
+    Returns the report (also in manifest.json); report["status"] is "passed" or "failed".
+    Raises BadInput (exit 2) or ExportFailed (exit 3). A failed gate still writes the artifact,
+    marked failed in its manifest.
+    """
+    opts = options or ExportOptions()
+    out = Path(out_dir)
+    if out.exists() and not opts.force:
+        raise BadInput(f"{out} exists (use --force to replace it)")
+    if opts.opset < 18:
+        raise BadInput(f"opset must be >= 18 (the function bodies need it), got {opts.opset}")
+    progress = _Progress(opts.quiet)
+    model = progress.stage("load", _load, source)
+    cfg = model.config
+    model.packed()
+    cap = cfg.max_iters if opts.max_iters_cap is None else opts.max_iters_cap
+    if cap < 0:
+        raise BadInput(f"max_iters cap must be >= 0, got {cap}")
+    for b, n in opts.shapes:
+        if b < 1 or not 1 <= n <= cfg.max_seq_len:
+            raise BadInput(f"parity shape {b}x{n} is outside batch >= 1, 1 <= seq <= {cfg.max_seq_len}")
+    onnx_model = progress.stage("export", _export, model, cap, opts.opset)
+    with staging_dir(out, opts.force) as tmp:
+        onnx_path = tmp / "model.onnx"
+        ir.save(onnx_model, str(onnx_path))
+        (tmp / "config.json").write_text(cfg.to_json() + "\n")
+        progress.stage("check", onnx.checker.check_model, str(onnx_path), full_check=True)
+        iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
+        tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
+        samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
+        parity = progress.stage("parity", _parity, model, str(onnx_path), samples, opts)
+        passed = parity["passed"]
+        report = {
+            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
+            "status": "passed" if passed else "failed",
+            "versions": {"depthscale": depthscale.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
+                         "onnx_ir": ir.__version__, "polygraphy": polygraphy.__version__,
+                         "python": platform.python_version()},
+            "opset": opts.opset, "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
+            "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+                       {"name": "max_iters", "dtype": "int64", "shape": []},
+                       {"name": "tol", "dtype": "float32", "shape": []}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]},
+                        {"name": "iterations", "dtype": "int64", "shape": ["batch", "seq"]}],
+            "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
+            "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
+            "parity": parity["summary"],
+            "command": opts.command,
+        }
+        assert [i["name"] for i in report["inputs"]] == INPUT_NAMES
+        assert [o["name"] for o in report["outputs"]] == OUTPUT_NAMES
+        write_json(tmp / "reports" / "parity.json", parity)
+        report["timings_s"] = progress.timings
+        progress.stage("write", lambda: None)
+        report["files"] = file_table(tmp)
+        write_json(tmp / MANIFEST, report)
+    return report
+
+
+def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:
+    tol = opts.tolerances
+    ops = check_ops(opts.opset, opts.seed)
+    comparison = compare_samples(model, onnx_path, samples, tol, opts.seed)
+    rows = comparison["rows"]
+    failing = [s for s, r in zip(samples, rows) if not r["passed"]]
+    probe = failing[0] if failing else max(samples, key=lambda s: (s.max_iters, s.batch * s.seq))
+    iteration = per_iteration_check(model, onnx_path, probe, tol, opts.seed + samples.index(probe))
+    passed = all(r["passed"] for r in rows) and all(r["passed"] for r in ops)
+    summary = {
+        "passed": passed,
+        "samples": len(rows), "samples_failed": len(failing),
+        "logits_max_abs_err": max(r["logits_max_abs_err"] for r in rows),
+        "logits_max_rel_err": max(r["logits_max_rel_err"] for r in rows),
+        "iterations_equal": all(r["iterations_equal"] for r in rows),
+        "top1_agreement_min": min(r["top1_agreement"] for r in rows),
+        "ops_passed": all(r["passed"] for r in ops),
+        "first_diverging_iteration": iteration["first_diverging_iteration"],
+        # the smallest tolerances that would have passed: atol alone (rtol 0), or rtol alone (atol 0)
+        "would_pass_with": {"atol": max(r["logits_max_abs_err"] for r in rows),
+                            "rtol": max(r["logits_max_rel_err"] for r in rows)},
+        "tolerances": asdict(tol),
+    }
+    return {"passed": passed, "summary": summary, "samples": rows, "ops": ops, "per_iteration": iteration,
+            "polygraphy_passed": comparison["polygraphy_passed"]}

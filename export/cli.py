@@ -1,0 +1,106 @@
+"""depthscale-export: a thin CLI over depthscale_export.export()."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .api import BadInput, ExportFailed, ExportOptions, export
+from .parity import Tolerances
+
+EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
+
+EPILOG = """exit codes:
+  0  exported, parity passed
+  1  parity failed (the artifact is written, its manifest says "failed")
+  2  bad usage or bad input file (nothing written)
+  3  export failed (nothing written)"""
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(x) for x in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shapes must look like 1x7,3x257, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="depthscale-export", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Export a DepthScale checkpoint to an ONNX artifact, gated on parity with eager PyTorch.")
+    p.add_argument("model", help="model.pt or a checkpoint directory")
+    p.add_argument("-o", "--out", help="artifact directory (default: <model stem>-onnx beside the model)")
+    p.add_argument("--force", action="store_true", help="replace an existing artifact")
+    p.add_argument("--opset", type=int, default=ExportOptions.opset)
+    p.add_argument("--max-iters-cap", type=int, default=None, help="largest T the artifact runs (default: config.max_iters)")
+    d = Tolerances()
+    p.add_argument("--atol", type=float, default=d.atol, help="logits absolute tolerance")
+    p.add_argument("--rtol", type=float, default=d.rtol, help="logits relative tolerance")
+    p.add_argument("--state-atol", type=float, default=d.state_atol, help="per-iteration hidden-state tolerance")
+    p.add_argument("--shapes", type=_shapes, default=None, help="parity input shapes BxN,... (default 1x1,1x7,3x24)")
+    p.add_argument("--iters", type=_ints, default=None, help="parity iteration budgets (default 0,1,4,cap)")
+    p.add_argument("--tols", type=_floats, default=None, help="parity exit tolerances (default 0,config.tol)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="print every parity sample")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress or table on stderr")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    model = Path(args.model)
+    out = Path(args.out) if args.out else model.with_name(f"{model.stem}-onnx")
+    opts = ExportOptions(opset=args.opset, max_iters_cap=args.max_iters_cap, seed=args.seed, force=args.force,
+                         tolerances=Tolerances(args.atol, args.rtol, args.state_atol), iters=args.iters,
+                         tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
+    if args.shapes:
+        opts.shapes = args.shapes
+    try:
+        report = export(model, out, opts)
+    except BadInput as e:
+        print(f"depthscale-export: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ExportFailed as e:
+        print(f"depthscale-export: export failed: {e}", file=sys.stderr)
+        return EXIT_EXPORT
+    if not args.quiet:
+        _print_table(out, report, args.verbose)
+    if args.json:
+        print(json.dumps({"artifact": str(out), **report}, indent=2))
+    return EXIT_OK if report["status"] == "passed" else EXIT_PARITY
+
+
+def _print_table(out: Path, report: dict, verbose: bool) -> None:
+    s = report["parity"]
+    err = sys.stderr
+    print(f"parity {s['samples'] - s['samples_failed']}/{s['samples']} samples passed; "
+          f"logits max abs {s['logits_max_abs_err']:.3g}, max rel {s['logits_max_rel_err']:.3g}; "
+          f"iterations equal: {s['iterations_equal']}; top-1 agreement min {s['top1_agreement_min']:.4f}; "
+          f"ops bit-exact where required: {s['ops_passed']}", file=err)
+    print(f"would pass with atol {s['would_pass_with']['atol']:.3g} (rtol 0) or rtol {s['would_pass_with']['rtol']:.3g} "
+          f"(atol 0); first diverging iteration: {s['first_diverging_iteration']}", file=err)
+    if verbose:
+        import json as _json
+        rows = _json.loads((out / "reports" / "parity.json").read_text())["samples"]
+        print(f"{'batch':>5} {'seq':>5} {'T':>3} {'tol':>8} {'max abs':>9} {'iters eq':>8} {'top1':>7} pass", file=err)
+        for r in rows:
+            print(f"{r['batch']:5d} {r['seq']:5d} {r['max_iters']:3d} {r['tol']:8.3g} {r['logits_max_abs_err']:9.2g} "
+                  f"{str(r['iterations_equal']):>8} {r['top1_agreement']:7.4f} {r['passed']}", file=err)
+    print(f"{'PASSED' if report['status'] == 'passed' else 'FAILED'}: {out}", file=err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
