@@ -19,24 +19,27 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch._higher_order_ops import while_loop
 
 from .bitlinear import BitLinear, make_linear
 from .config import DepthScaleConfig
 from .retention import GatedRetention
 from .rope import apply_rope, rope_tables
+from .exact_math import exact_sqrt, tree_sum
 from .window_attention import window_attention
 
 
 class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · w, with backend-exact arithmetic (exact_math.py)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        mean_sq = tree_sum(x * x) / x.shape[-1]                                   # [..., 1]
+        return x * torch.reciprocal(exact_sqrt(mean_sq + self.eps)) * self.weight
 
 
 class WindowSelfAttention(nn.Module):
@@ -59,7 +62,8 @@ class WindowSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Gated (SwiGLU) FFN: d -> 2·d_ff (gate, up) -> d_ff -> d."""
+    """Gated FFN with squared ReLU (as BitNet b1.58 2B4T): d -> 2·d_ff (gate, up) -> d_ff -> d.
+    ReLU² is exact in every backend, unlike SiLU's exponential."""
 
     def __init__(self, cfg: DepthScaleConfig):
         super().__init__()
@@ -68,7 +72,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w_in(x).chunk(2, dim=-1)
-        return self.w_out(F.silu(gate) * up)
+        return self.w_out(torch.relu(gate).square() * up)
 
 
 class Block(nn.Module):
@@ -95,6 +99,7 @@ class CrossLayer(nn.Module):
     def __init__(self, cfg: DepthScaleConfig):
         super().__init__()
         self.h, self.dh = cfg.n_heads, cfg.head_dim
+        self.full_window = cfg.max_seq_len * (1 + cfg.reason_tokens)   # >= n: full causal attention
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.wq = make_linear(cfg.d_model, self.h * self.dh, cfg.bitnet)
         self.wo = make_linear(self.h * self.dh, cfg.d_model, cfg.bitnet)
@@ -103,10 +108,10 @@ class CrossLayer(nn.Module):
 
     def forward(self, y: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """y [B, n, d]; k, v [B, H, n, dh] (already expanded to H heads, RoPE on k)."""
+        """y [B, n, d]; k, v [B, Hkv, n, dh] (RoPE on k)."""
         B, n, _ = y.shape
         q = apply_rope(self.wq(self.norm1(y)).view(B, n, self.h, self.dh).transpose(1, 2), *rope)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)                # [B, H, n, dh]
+        o = window_attention(q, k, v, self.full_window)                            # [B, H, n, dh]
         y = y + self.wo(o.transpose(1, 2).reshape(B, n, self.h * self.dh))
         return y + self.ffn(self.norm2(y))
 
@@ -146,6 +151,9 @@ class DepthScaleModel(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         nn.init.normal_(self.embed.weight, std=1.0)
         self.reason = nn.Parameter(torch.randn(cfg.reason_tokens, cfg.d_model)) if cfg.reason_tokens else None
+        cos, sin = rope_tables(cfg.max_seq_len * (1 + cfg.reason_tokens), cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)                  # [positions, dh/2]
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.prelude_layers))
         self.inject_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.inject = make_linear(2 * cfg.d_model, cfg.d_model, cfg.bitnet)          # A: 2d -> d
@@ -173,7 +181,7 @@ class DepthScaleModel(nn.Module):
             B, N, d = x.shape
             r = self.reason[None, None].expand(B, N, cfg.reason_tokens, d)
             x = torch.cat([x[:, :, None], r], dim=2).reshape(B, N * (1 + cfg.reason_tokens), d)
-        rope = rope_tables(x.shape[1], cfg.head_dim, cfg.rope_theta, device=x.device)
+        rope = (self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]])
         for block in self.prelude:
             x = block(x, rope)
         B, n, _ = x.shape
@@ -198,9 +206,7 @@ class DepthScaleModel(nn.Module):
         B, n, _ = state.s.shape
         k, v = self.kv(self.kv_norm(state.s)).chunk(2, dim=-1)
         k = apply_rope(k.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2), *state.rope)
-        v = v.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        group = cfg.n_heads // cfg.n_kv_heads                                      # [B, H, n, dh]
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        v = v.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)             # [B, Hkv, n, dh]
         y = state.s
         for layer in self.cross:
             y = layer(y, k, v, state.rope)
@@ -220,8 +226,9 @@ class DepthScaleModel(nn.Module):
         for block in self.core:
             u = block(u, rope)
         s_new = self.core_norm(u)
-        delta = torch.linalg.vector_norm(s_new - s, dim=-1) / (
-            torch.linalg.vector_norm(s_new, dim=-1) + self.config.norm_eps)       # [B, n]
+        diff = s_new - s
+        delta = (exact_sqrt(tree_sum(diff * diff)) / (
+            exact_sqrt(tree_sum(s_new * s_new)) + self.config.norm_eps)).squeeze(-1)  # [B, n]
         s_next = torch.where(done[..., None], s, s_new)
         exits = (~done) & (t >= self.config.min_iters) & (delta < tol)
         iterations = torch.where(done, iterations, t)

@@ -1,4 +1,9 @@
-"""Rotary position embedding (rotate-half form)."""
+"""Rotary position embedding (rotate-half form).
+
+The cos/sin tables are computed once per model (rope_tables) and stored as buffers, so the exported
+graph slices the same float32 values eager uses: torch and ONNX Runtime compute cos/sin differently
+in the last bit.
+"""
 
 from __future__ import annotations
 

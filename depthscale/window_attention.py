@@ -4,12 +4,20 @@ Query i attends to keys j with i - window < j <= i. The sequence is cut into blo
 b = min(window, n) queries; each block attends to itself and the block before it, so the work is
 n · 2b · head_dim rather than n² · head_dim.
 
+Scores, softmax and the weighted sum run in float64 and round to float32 at the end: torch and ONNX
+Runtime order their float32 dot products and exponentials differently, but their float64 results
+round to the same float32 value (in all but vanishingly rare cases), which keeps the recurrence
+bit-identical across backends (see exact_math.py). Cross-decoder attention is this op with a window
+of at least n, i.e. full causal attention.
+
 `window_attention` dispatches: with autograd on, the plain-torch function (differentiable);
 otherwise the custom op torch.ops.depthscale.window_attention, which the exporter turns into one ONNX
 node. Both run the same arithmetic, so their results are identical.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +31,9 @@ def band_mask(n: int, window: int, device=None) -> torch.Tensor:
 
 
 def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """q [B, H, n, D], k/v [B, Hkv, n, D] (H divisible by Hkv) -> [B, H, n, D], float32."""
+    """q [B, H, n, D], k/v [B, Hkv, n, D] float32 (H divisible by Hkv) -> [B, H, n, D] float32."""
     B, H, n, D = q.shape
+    q, k, v = q.double(), k.double(), v.double()
     group = H // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
@@ -36,7 +45,7 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     vp = F.pad(v, (0, 0, b, pad)).reshape(B, H, nb + 1, b, D)
     kb = torch.cat([kp[:, :, :-1], kp[:, :, 1:]], dim=3)           # [B, H, nb, 2b, D] previous + own
     vb = torch.cat([vp[:, :, :-1], vp[:, :, 1:]], dim=3)
-    scores = torch.matmul(qb, kb.transpose(-1, -2)) * (D ** -0.5)  # [B, H, nb, b, 2b]
+    scores = torch.matmul(qb, kb.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, H, nb, b, 2b]
     # query position blk*b + i, key position blk*b - b + j
     i = torch.arange(b, device=q.device)[:, None]
     j = torch.arange(2 * b, device=q.device)[None, :]
@@ -47,7 +56,7 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, vb)                                  # [B, H, nb, b, D]
-    return out.reshape(B, H, nb * b, D)[:, :, :n]
+    return out.reshape(B, H, nb * b, D)[:, :, :n].float()
 
 
 @torch.library.custom_op("depthscale::window_attention", mutates_args=())

@@ -5,7 +5,7 @@ plugin_namespace="depthscale" and plugin_version="1" so TensorRT can match a plu
 carries a local function of standard ops with the same name that ONNX Runtime inlines.
 
 The function bodies mirror the eager code in depthscale.bitlinear and depthscale.window_attention op
-for op: BitLinear bit-exactly (its matmul is over integers), WindowAttention within float rounding.
+for op: BitLinear bit-exactly (its matmul is over integers), WindowAttention (float64 inside, like eager) to the last float32 bit in all but rare cases.
 """
 
 from __future__ import annotations
@@ -86,11 +86,14 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
 def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
+    D = op.Shape(Q, start=3, end=4)
+    Q = op.Cast(Q, to=11)                                   # float64 inside, as eager
+    K = op.Cast(K, to=11)
+    V = op.Cast(V, to=11)
     # grouped KV heads: repeat_interleave over axis 1
     B = op.Shape(Q, start=0, end=1)
     H = op.Shape(Q, start=1, end=2)
     n = op.Shape(Q, start=2, end=3)
-    D = op.Shape(Q, start=3, end=4)
     Hkv = op.Shape(K, start=1, end=2)
     group = op.Div(H, Hkv)
     kv5 = op.Concat(B, Hkv, group, n, D, axis=0)
@@ -112,7 +115,7 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     nb1 = op.Add(nb, one)
     kb = op.Concat(op.Slice(kp, zero, nb, two), op.Slice(kp, one, nb1, two), axis=3)
     vb = op.Concat(op.Slice(vp, zero, nb, two), op.Slice(vp, one, nb1, two), axis=3)
-    scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=1)))
+    scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
     scores = op.Mul(op.MatMul(qb, op.Transpose(kb, perm=[0, 1, 2, 4, 3])), scale)
     # mask: query blk*b + i, key blk*b - b + j; allowed iff 0 <= i - j + b < window and key >= 0
     b0 = op.Squeeze(b, zero)
@@ -125,10 +128,10 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     allowed = op.And(op.Unsqueeze(allowed, [0]),
                      op.Or(op.Greater(blk, op.Constant(value_int=0)),
                            op.Unsqueeze(op.GreaterOrEqual(j, b0), [0])))
-    neg_inf = op.Constant(value_float=float("-inf"))
+    neg_inf = op.Cast(op.Constant(value_float=float("-inf")), to=11)
     probs = op.Softmax(op.Where(allowed, scores, neg_inf), axis=-1)
     out = op.MatMul(probs, vb)
-    return op.Slice(op.Reshape(out, op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
+    return op.Cast(op.Slice(op.Reshape(out, op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two), to=1)
 
 
 FUNCTIONS = (BitLinear, WindowAttention)
