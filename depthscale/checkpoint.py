@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -94,11 +96,15 @@ def load_checkpoint(path: str | os.PathLike, loop: str = "auto") -> DepthScaleMo
 
 def _read_pt(path: Path) -> tuple[DepthScaleConfig, dict]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")            # torch's notes on pickle protocols: noise here
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: the file holds objects that only arbitrary code could build, and "
-            f"DepthScale never runs code from a checkpoint ({str(e).splitlines()[0][:200]})") from None
+        if "GLOBAL" in str(e) or _pickle_calls_code(path):
+            raise CheckpointError(
+                f"{path}: refused: the file holds objects that only arbitrary code could build, and "
+                f"DepthScale never runs code from a checkpoint") from None
+        raise CheckpointError(f"{path}: not a DepthScale checkpoint, nor any torch.save file or pickle") from None
     except (EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e})") from None
     except RuntimeError as e:
@@ -118,6 +124,18 @@ def _read_pt(path: Path) -> tuple[DepthScaleConfig, dict]:
         if not isinstance(obj.get(key), dict):
             raise CheckpointError(f"{path}: checkpoint has no '{key}' dict")
     return _config(obj["config"], path), obj["state_dict"]
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickle_calls_code(path: Path) -> bool:
+    """Whether the file is a plain pickle that imports or calls anything (read with pickletools,
+    which only lists opcodes and never executes them)."""
+    try:
+        return any(opcode.name in _CODE_OPCODES for opcode, _, _ in pickletools.genops(path.read_bytes()))
+    except Exception:  # noqa: BLE001 - not a parseable pickle
+        return False
 
 
 def _read_directory(path: Path) -> tuple[DepthScaleConfig, dict]:

@@ -1,6 +1,7 @@
 """export(): checkpoint or model -> artifact directory, gated on parity with eager PyTorch.
 
-Stages (each timed, reported on stderr unless quiet): load, export, check, parity, write.
+Stages (each timed, reported on stderr unless quiet): load, export, functions (our graph passes,
+then any of yours), check, parity, write.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import onnx_ir as ir
 import onnxruntime
+import onnxruntime as ort
 import onnxscript
 import polygraphy
 import torch
@@ -22,10 +25,13 @@ import depthscale
 from depthscale import DepthScaleModel, load_checkpoint
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, staging_dir, write_json
-from .onnx_export import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from .onnx_export import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_graph, finish_graph
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
 from .parity import Sample, Tolerances, compare_samples, make_samples, per_iteration_check
+
+
+MIN_OPSET, MAX_OPSET = 18, 23
 
 
 class BadInput(Exception):
@@ -47,6 +53,9 @@ class ExportOptions:
     seed: int = 0
     force: bool = False
     quiet: bool = False
+    # your own passes (onnx_ir.Model -> None, in place), run after ours and before the gate, so the
+    # gate verifies them
+    graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
     command: str | None = None                           # recorded in the manifest
 
 
@@ -76,9 +85,19 @@ def _load(source) -> DepthScaleModel:
 
 def _export(model: DepthScaleModel, cap: int, opset: int) -> ir.Model:
     try:
-        return export_onnx(model, cap, opset)
+        return export_graph(model, cap, opset)
     except Exception as e:  # noqa: BLE001 - torch.onnx raises many types; all mean "export failed"
         raise ExportFailed(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def _passes(onnx_model: ir.Model, graph_passes) -> None:
+    finish_graph(onnx_model)
+    for graph_pass in graph_passes:
+        try:
+            graph_pass(onnx_model)
+        except Exception as e:  # noqa: BLE001 - a user pass failing means the export failed
+            raise ExportFailed(f"graph pass {getattr(graph_pass, '__name__', graph_pass)} failed: "
+                               f"{type(e).__name__}: {e}") from e
 
 
 def export(source, out_dir, options: ExportOptions | None = None) -> dict:
@@ -92,8 +111,9 @@ def export(source, out_dir, options: ExportOptions | None = None) -> dict:
     out = Path(out_dir)
     if out.exists() and not opts.force:
         raise BadInput(f"{out} exists (use --force to replace it)")
-    if opts.opset < 18:
-        raise BadInput(f"opset must be >= 18 (the function bodies need it), got {opts.opset}")
+    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
+        raise BadInput(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}] (the function bodies need >= 18; "
+                       f"torch.onnx and ONNX Runtime here go to {MAX_OPSET}), got {opts.opset}")
     progress = _Progress(opts.quiet)
     model = progress.stage("load", _load, source)
     cfg = model.config
@@ -105,15 +125,19 @@ def export(source, out_dir, options: ExportOptions | None = None) -> dict:
         if b < 1 or not 1 <= n <= cfg.max_seq_len:
             raise BadInput(f"parity shape {b}x{n} is outside batch >= 1, 1 <= seq <= {cfg.max_seq_len}")
     onnx_model = progress.stage("export", _export, model, cap, opts.opset)
+    progress.stage("functions", _passes, onnx_model, opts.graph_passes)
     with staging_dir(out, opts.force) as tmp:
         onnx_path = tmp / "model.onnx"
         ir.save(onnx_model, str(onnx_path))
         (tmp / "config.json").write_text(cfg.to_json() + "\n")
-        progress.stage("check", onnx.checker.check_model, str(onnx_path), full_check=True)
+        progress.stage("check", _check, onnx_path)
         iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
         tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
         samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
-        parity = progress.stage("parity", _parity, model, str(onnx_path), samples, opts)
+        try:
+            parity = progress.stage("parity", _parity, model, str(onnx_path), samples, opts)
+        except ort.capi.onnxruntime_pybind11_state.Fail as e:
+            raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
         passed = parity["passed"]
         report = {
             "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
@@ -141,6 +165,13 @@ def export(source, out_dir, options: ExportOptions | None = None) -> dict:
         report["files"] = file_table(tmp)
         write_json(tmp / MANIFEST, report)
     return report
+
+
+def _check(onnx_path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportFailed(f"onnx.checker rejected the graph: {str(e)[:300]}") from e
 
 
 def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=_ints, default=None, help="parity iteration budgets (default 0,1,4,cap)")
     p.add_argument("--tols", type=_floats, default=None, help="parity exit tolerances (default 0,config.tol)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--graph-pass", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="also apply your own pass (onnx_ir.Model -> None, in place) before the gate; repeatable")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="print every parity sample")
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
     if args.shapes:
         opts.shapes = args.shapes
     try:
+        opts.graph_passes = [_load_pass(spec) for spec in args.graph_pass]
         report = export(model, out, opts)
     except BadInput as e:
         print(f"depthscale-export: error: {e}", file=sys.stderr)
@@ -83,6 +87,17 @@ def main(argv=None) -> int:
     return EXIT_OK if report["status"] == "passed" else EXIT_PARITY
 
 
+def _load_pass(spec: str):
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise BadInput(f"--graph-pass {spec!r}: cannot load it ({type(e).__name__}: {e})") from None
+    if not callable(fn):
+        raise BadInput(f"--graph-pass {spec!r} is not callable")
+    return fn
+
+
 def _print_table(out: Path, report: dict, verbose: bool) -> None:
     s = report["parity"]
     err = sys.stderr
@@ -93,8 +108,7 @@ def _print_table(out: Path, report: dict, verbose: bool) -> None:
     print(f"would pass with atol {s['would_pass_with']['atol']:.3g} (rtol 0) or rtol {s['would_pass_with']['rtol']:.3g} "
           f"(atol 0); first diverging iteration: {s['first_diverging_iteration']}", file=err)
     if verbose:
-        import json as _json
-        rows = _json.loads((out / "reports" / "parity.json").read_text())["samples"]
+        rows = json.loads((out / "reports" / "parity.json").read_text())["samples"]
         print(f"{'batch':>5} {'seq':>5} {'T':>3} {'tol':>8} {'max abs':>9} {'iters eq':>8} {'top1':>7} pass", file=err)
         for r in rows:
             print(f"{r['batch']:5d} {r['seq']:5d} {r['max_iters']:3d} {r['tol']:8.3g} {r['logits_max_abs_err']:9.2g} "

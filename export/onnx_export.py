@@ -36,7 +36,15 @@ class ExportWrapper(torch.nn.Module):
 
 def export_onnx(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) -> ir.Model:
     """Export a packed, eval-mode model; returns the onnx-ir model with function bodies attached and
-    metadata stripped. Raises whatever torch.onnx raises on failure."""
+    metadata stripped."""
+    onnx_model = export_graph(model, cap, opset)
+    finish_graph(onnx_model)
+    return onnx_model
+
+
+def export_graph(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) -> ir.Model:
+    """torch.onnx (dynamo) export of a packed, eval-mode model, with the interface's dim names.
+    Raises whatever torch.onnx raises on failure."""
     cfg = model.config
     example = (torch.randint(0, cfg.vocab_size, (2, 8)), torch.tensor(2, dtype=torch.int64),
                torch.tensor(0.0, dtype=torch.float32))
@@ -53,6 +61,10 @@ def export_onnx(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) ->
     onnx_model.graph.inputs[0].shape = ir.Shape(["batch", "seq"])
     onnx_model.graph.outputs[0].shape = ir.Shape(["batch", "seq", cfg.vocab_size])
     onnx_model.graph.outputs[1].shape = ir.Shape(["batch", "seq"])
+    return onnx_model
+
+
+def finish_graph(onnx_model: ir.Model) -> None:
+    """The passes every artifact gets: function bodies for the custom ops, no metadata."""
     attach_functions(onnx_model)
     strip_metadata(onnx_model)
-    return onnx_model

@@ -1,0 +1,187 @@
+"""depthscale-export as a real subprocess: the artifact, the gate, exit codes."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from depthscale import demo_checkpoint
+
+DEMO = str(demo_checkpoint())
+CLI = [sys.executable, "-m", "depthscale_export.cli"]
+
+
+def run_cli(*args, env=None, timeout=600):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """The demo, exported once with the acceptance sample grid."""
+    out = tmp_path_factory.mktemp("export") / "demo-onnx"
+    proc = run_cli(DEMO, "-o", out, "--shapes", "1x1,1x7,1x257,3x1,3x7,3x257", "--iters", "0,1,4,16",
+                   "--tols", "0,0.003", "--json", "-v")
+    return out, proc
+
+
+def test_demo_exports_and_passes(artifact):
+    out, proc = artifact
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "passed" and report["artifact"] == str(out)
+    for stage in ("load", "export", "functions", "check", "parity", "write"):
+        assert f"[depthscale-export] {stage} done in" in proc.stderr
+    assert "PASSED" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.onnx", "reports"]
+
+
+def test_manifest_records_everything_and_hashes_match(artifact):
+    out, _ = artifact
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "passed" and m["parity"]["passed"]
+    assert set(m["versions"]) >= {"depthscale", "torch", "onnx", "onnxruntime"}
+    assert m["opset"] == 18 and m["custom_domain"] == {"domain": "depthscale", "version": 1}
+    assert [i["name"] for i in m["inputs"]] == ["input_ids", "max_iters", "tol"]
+    assert m["inputs"][0]["shape"] == ["batch", "seq"] and m["outputs"][0]["shape"][:2] == ["batch", "seq"]
+    assert m["max_seq_len"] == 4096 and m["command"].startswith("depthscale-export ")
+    assert set(m["files"]) == {"model.onnx", "config.json", "reports/parity.json"}
+    import hashlib
+    for name, entry in m["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_ort_matches_eager_across_the_grid(artifact):
+    out, _ = artifact
+    report = json.loads((out / "reports" / "parity.json").read_text())
+    rows = report["samples"]
+    assert {(r["batch"], r["seq"]) for r in rows} == {(b, n) for b in (1, 3) for n in (1, 7, 257)}
+    assert {r["max_iters"] for r in rows} == {0, 1, 4, 16} and {r["tol"] for r in rows} == {0.0, 0.003}
+    assert all(r["passed"] and r["iterations_equal"] for r in rows)
+    assert any(r["early_exit"] for r in rows if r["tol"] > 0)
+    assert all(r["top1_agreement"] == 1.0 for r in rows)
+    assert all(op["passed"] for op in report["ops"])
+    assert all(op["bit_exact"] for op in report["ops"] if op["op"] == "BitLinear")
+    assert report["per_iteration"]["first_diverging_iteration"] is None
+    s = report["summary"]
+    assert s["would_pass_with"]["atol"] == max(r["logits_max_abs_err"] for r in rows)
+
+
+def test_graph_has_one_loop_and_custom_nodes_with_functions(artifact):
+    out, _ = artifact
+    model = onnx.load(out / "model.onnx")
+    loops = [n for n in model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 1
+    body = next(a.g for a in loops[0].attribute if a.name == "body")
+    custom = [n for n in body.node if n.domain == "depthscale"]
+    assert {n.op_type for n in custom} == {"BitLinear", "WindowAttention"}
+    for n in custom:
+        attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
+        assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
+    assert {(f.domain, f.name) for f in model.functions} == {("depthscale", "BitLinear"),
+                                                              ("depthscale", "WindowAttention")}
+
+
+def initializer_bytes(path):
+    return sum(len(i.raw_data) for i in onnx.load(path).graph.initializer)
+
+
+def test_initializer_bytes_do_not_grow_with_the_T_cap(tmp_path):
+    sizes = []
+    for cap in (4, 64):
+        out = tmp_path / f"cap{cap}"
+        proc = run_cli(DEMO, "-o", out, "--max-iters-cap", cap, "--shapes", "1x5", "--iters", "0,3", "-q")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads((out / "manifest.json").read_text())["max_iters_cap"] == cap
+        sizes.append(initializer_bytes(out / "model.onnx"))
+    assert sizes[0] == sizes[1]
+
+
+PERTURB = '''
+import numpy as np, onnx_ir as ir
+def scale_core_gamma(model):
+    v = next(v for n, v in model.graph.initializers.items() if "core" in n and n.endswith("ffn.w_out.gamma"))
+    v.const_value = ir.tensor(np.asarray(v.const_value.numpy() * 1.5, dtype=np.float32))
+'''
+
+
+def test_planted_mismatch_fails_the_gate_with_exit_1(tmp_path):
+    (tmp_path / "perturb.py").write_text(PERTURB)
+    out = tmp_path / "bad"
+    proc = run_cli(DEMO, "-o", out, "--shapes", "2x9", "--iters", "4", "--tols", "0",
+                   "--graph-pass", "perturb:scale_core_gamma", "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "FAILED" in proc.stderr and "first diverging iteration: 1" in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["parity"]["first_diverging_iteration"] == 1
+    assert json.loads(proc.stdout)["status"] == "failed"
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "pickle"])
+def test_bad_input_files_exit_2(tmp_path, kind):
+    path = tmp_path / "model.pt"
+    if kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"format": "depthscale", "state_dict": Payload()}))
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, str(path), "-o", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    expected = {"missing": "no such checkpoint", "text": "not a DepthScale checkpoint",
+                "pickle": "arbitrary code"}[kind]
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+def test_existing_out_without_force_exits_2_untouched(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    proc = run_cli(DEMO, "-o", out, "-q")
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep me"
+
+
+def test_force_replaces_and_bad_usage_exits_2(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    proc = run_cli(DEMO, "-o", out, "--force", "--shapes", "1x3", "--iters", "2", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (out / "old.txt").exists() and (out / "manifest.json").exists()
+    assert proc.stderr == ""                                  # -q is quiet
+    assert run_cli(DEMO, "--opset", "12").returncode == 2
+    assert run_cli(DEMO, "--shapes", "1x0", "-o", tmp_path / "x").returncode == 2
+    assert "exit codes" in run_cli("--help").stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, DEMO, "-o", str(out), "--shapes", "3x257", "--iters", "16"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:                                  # wait until the staging directory exists
+        if "parity ..." in line:
+            break
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert not out.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert all(p.name.startswith(".out.tmp-") and not (p / "manifest.json").exists() for p in leftovers)
+    if sig == signal.SIGINT:
+        assert leftovers == []                                # cleaned up on Ctrl-C
