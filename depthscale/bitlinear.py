@@ -60,6 +60,13 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_q, s
 
 
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """x float32 [..., 2k] = (a, b) -> silu(a) · b float32 [..., k], computed in float64 so that every
+    backend rounds it to the same float32 (exact_math.py)."""
+    a, b = x.double().chunk(2, dim=-1)
+    return (F.silu(a) * b).float()
+
+
 def bitlinear_int(x: torch.Tensor, w_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """The integer-valued BitLinear: x float [..., in], W_t float [out, in] ternary, γ [] -> [..., out]."""
     x_q, s = quantize_activations(x)
@@ -78,16 +85,30 @@ def _(x, w_packed, gamma, in_features):
     return x.new_empty((*x.shape[:-1], w_packed.shape[0]))
 
 
-class BitLinear(nn.Module):
-    """A bias-free BitNet b1.58 linear: in_features -> out_features; float weight, quantised use."""
+@torch.library.custom_op("depthscale::gated_bitlinear", mutates_args=())
+def gated_bitlinear_op(x: torch.Tensor, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int) -> torch.Tensor:
+    """BitLinear over swiglu(x): x float32 [..., 2·in] -> [..., out] (the FFN's down projection)."""
+    return bitlinear_int(swiglu(x), unpack_ternary(w_packed, in_features), gamma)
 
-    def __init__(self, in_features: int, out_features: int):
+
+@gated_bitlinear_op.register_fake
+def _(x, w_packed, gamma, in_features):
+    return x.new_empty((*x.shape[:-1], w_packed.shape[0]))
+
+
+class BitLinear(nn.Module):
+    """A bias-free BitNet b1.58 linear: in_features -> out_features; float weight, quantised use.
+    gated=True takes [..., 2·in_features] and applies swiglu first (fused into one op when packed)."""
+
+    def __init__(self, in_features: int, out_features: int, gated: bool = False):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.gated = in_features, out_features, gated
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.normal_(self.weight, std=in_features ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            x = swiglu(x)
         if self.training and torch.is_grad_enabled():
             # straight-through estimator: forward the quantised values, backward the identity
             x_q, s = quantize_activations(x)
@@ -100,32 +121,40 @@ class BitLinear(nn.Module):
 
     def packed(self) -> "PackedBitLinear":
         w_t, gamma = ternarize(self.weight)
-        return PackedBitLinear(pack_ternary(w_t), gamma, self.in_features)
+        return PackedBitLinear(pack_ternary(w_t), gamma, self.in_features, self.gated)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, gated={self.gated}"
 
 
 class PackedBitLinear(nn.Module):
     """The deployed BitLinear: 2-bit packed ternary weight + γ, inference only, one custom op."""
 
-    def __init__(self, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int):
+    def __init__(self, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int, gated: bool = False):
         super().__init__()
-        self.in_features, self.out_features = in_features, w_packed.shape[0]
+        self.in_features, self.out_features, self.gated = in_features, w_packed.shape[0], gated
         self.register_buffer("w_packed", w_packed)
         self.register_buffer("gamma", gamma.reshape(()).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bitlinear_op(x, self.w_packed, self.gamma, self.in_features)
+        op = gated_bitlinear_op if self.gated else bitlinear_op
+        return op(x, self.w_packed, self.gamma, self.in_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits=2"
+        return f"in_features={self.in_features}, out_features={self.out_features}, gated={self.gated}, bits=2"
 
 
-def make_linear(in_features: int, out_features: int, bitnet: bool) -> nn.Module:
-    """BitLinear when the model is BitNet, else a bias-free float nn.Linear."""
+class GatedLinear(nn.Linear):
+    """The float counterpart of BitLinear(gated=True): swiglu, then a bias-free linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(swiglu(x))
+
+
+def make_linear(in_features: int, out_features: int, bitnet: bool, gated: bool = False) -> nn.Module:
+    """BitLinear when the model is BitNet, else a bias-free float linear; gated: swiglu first."""
     if bitnet:
-        return BitLinear(in_features, out_features)
-    lin = nn.Linear(in_features, out_features, bias=False)
+        return BitLinear(in_features, out_features, gated)
+    lin = (GatedLinear if gated else nn.Linear)(in_features, out_features, bias=False)
     nn.init.normal_(lin.weight, std=in_features ** -0.5)
     return lin

@@ -62,17 +62,16 @@ class WindowSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Gated FFN with squared ReLU (as BitNet b1.58 2B4T): d -> 2·d_ff (gate, up) -> d_ff -> d.
-    ReLU² is exact in every backend, unlike SiLU's exponential."""
+    """Gated (SwiGLU) FFN: d -> 2·d_ff (gate, up) -> silu(gate)·up -> d. The gate is fused into
+    w_out (a gated BitLinear), where it is computed in float64 so that backends agree to the bit."""
 
     def __init__(self, cfg: DepthScaleConfig):
         super().__init__()
         self.w_in = make_linear(cfg.d_model, 2 * cfg.d_ff, cfg.bitnet)
-        self.w_out = make_linear(cfg.d_ff, cfg.d_model, cfg.bitnet)
+        self.w_out = make_linear(cfg.d_ff, cfg.d_model, cfg.bitnet, gated=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_in(x).chunk(2, dim=-1)
-        return self.w_out(torch.relu(gate).square() * up)
+        return self.w_out(self.w_in(x))
 
 
 class Block(nn.Module):
