@@ -14,13 +14,14 @@ def _all_nodes(model: ir.Model):
 
 
 def attach_functions(model: ir.Model) -> None:
-    """Give every custom-domain op used in the model its local function body."""
-    used = {n.op_type for n in _all_nodes(model) if n.domain == DOMAIN}
-    opset = model.opset_imports[""]
-    for proto in function_protos(opset):
-        if proto.name in used:
-            fn = ir.serde.deserialize_function(proto)
-            model.functions[fn.identifier()] = fn
+    """Give every custom-domain op used in the model its local function body (and the bodies
+    those bodies call)."""
+    bodies = {p.name: p for p in function_protos(model.opset_imports[""])}
+    wanted = {n.op_type for n in _all_nodes(model) if n.domain == DOMAIN}
+    while wanted:
+        fn = ir.serde.deserialize_function(bodies[wanted.pop()])
+        model.functions[fn.identifier()] = fn
+        wanted |= {n.op_type for n in fn if n.domain == DOMAIN} - {f.name for f in model.functions.values()}
     model.opset_imports[DOMAIN] = DOMAIN_VERSION
 
 

@@ -37,14 +37,21 @@ def _schema(name: str, inputs: list[tuple[str, str]], attr: str, doc: str) -> Op
 
 BITLINEAR_SCHEMA = _schema("BitLinear", [("X", "T"), ("W", "U"), ("G", "T")], "in_features",
                            "y = (x_q · W_tᵀ) · γ / s; W 2-bit packed ternary [out, ceil(in/4)], γ [] float")
+GATED_BITLINEAR_SCHEMA = _schema("GatedBitLinear", [("X", "T"), ("W", "U"), ("G", "T")], "in_features",
+                                 "BitLinear(silu(a) · b) for X = [a, b] [..., 2·in]; the FFN down projection")
 WINDOW_ATTENTION_SCHEMA = _schema("WindowAttention", [("Q", "T"), ("K", "T"), ("V", "T")], "window",
                                   "causal sliding-window attention, Q [B,H,n,D], K/V [B,Hkv,n,D]")
 _BitLinearNode = onnxscript.values.Op(_ds, "BitLinear", BITLINEAR_SCHEMA)
+_GatedBitLinearNode = onnxscript.values.Op(_ds, "GatedBitLinear", GATED_BITLINEAR_SCHEMA)
 _WindowAttentionNode = onnxscript.values.Op(_ds, "WindowAttention", WINDOW_ATTENTION_SCHEMA)
 
 
 def translate_bitlinear(x, w_packed, gamma, in_features: int):
     return _BitLinearNode(x, w_packed, gamma, in_features=in_features, **PLUGIN_ATTRS)
+
+
+def translate_gated_bitlinear(x, w_packed, gamma, in_features: int):
+    return _GatedBitLinearNode(x, w_packed, gamma, in_features=in_features, **PLUGIN_ATTRS)
 
 
 def translate_window_attention(q, k, v, window: int):
@@ -58,6 +65,7 @@ def translation_table() -> dict:
     import depthscale.bitlinear  # noqa: F401  (registers torch.ops.depthscale.*)
     import depthscale.window_attention  # noqa: F401
     return {torch.ops.depthscale.bitlinear.default: translate_bitlinear,
+            torch.ops.depthscale.gated_bitlinear.default: translate_gated_bitlinear,
             torch.ops.depthscale.window_attention.default: translate_window_attention}
 
 
@@ -80,6 +88,14 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
     x_q = op.Clip(op.Round(op.Mul(X, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
     acc = op.MatMul(x_q, op.Transpose(w_t, perm=[1, 0]))
     return op.Mul(acc, op.Div(G, s))
+
+
+@script(_ds, default_opset=op)
+def GatedBitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
+    # swiglu in float64, as eager: silu(a) · b for [a, b] = X
+    a, b = op.Split(op.Cast(X, to=11), axis=-1, num_outputs=2)
+    h = op.Cast(op.Mul(op.Mul(a, op.Sigmoid(a)), b), to=1)
+    return BitLinear(h, W, G, in_features=in_features)
 
 
 @script(_ds, default_opset=op)
@@ -134,7 +150,7 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     return op.Cast(op.Slice(op.Reshape(out, op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two), to=1)
 
 
-FUNCTIONS = (BitLinear, WindowAttention)
+FUNCTIONS = (BitLinear, GatedBitLinear, WindowAttention)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:

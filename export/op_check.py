@@ -1,6 +1,7 @@
 """Per-op parity: each custom op's ONNX function body against its eager op, on seeded random inputs.
 
-BitLinear must match bit for bit (its arithmetic is integer-valued); WindowAttention within float
+BitLinear and GatedBitLinear must match bit for bit (integer-valued arithmetic; the gate in
+float64); WindowAttention within float
 rounding. Each case builds a one-node model carrying the function and runs it in ONNX Runtime.
 """
 
@@ -29,7 +30,7 @@ def one_node_model(op_type: str, inputs: dict[str, np.ndarray], attrs: dict, ops
         [helper.make_tensor_value_info("Y", FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-                              functions=[f for f in function_protos(opset) if f.name == op_type])
+                              functions=function_protos(opset))
     model.ir_version = 10
     return model
 
@@ -39,15 +40,19 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return sess.run(None, feeds)[0]
 
 
-def check_bitlinear(rng: np.random.Generator, opset: int, batch_shape=(2, 5), in_f=37, out_f=11) -> dict:
-    x = torch.from_numpy(rng.standard_normal((*batch_shape, in_f)).astype(np.float32) * 3)
+def check_bitlinear(rng: np.random.Generator, opset: int, batch_shape=(2, 5), in_f=37, out_f=11,
+                    gated: bool = False) -> dict:
+    x_f = 2 * in_f if gated else in_f
+    x = torch.from_numpy(rng.standard_normal((*batch_shape, x_f)).astype(np.float32) * 3)
     x[..., 0, :] = 0                                       # an all-zero token exercises the clamp
     w_t, gamma = ternarize(torch.from_numpy(rng.standard_normal((out_f, in_f)).astype(np.float32)))
     packed = pack_ternary(w_t)
-    expected = torch.ops.depthscale.bitlinear(x, packed, gamma, in_f).numpy()
+    op_type, eager_op = (("GatedBitLinear", torch.ops.depthscale.gated_bitlinear) if gated
+                         else ("BitLinear", torch.ops.depthscale.bitlinear))
+    expected = eager_op(x, packed, gamma, in_f).numpy()
     feeds = {"X": x.numpy(), "W": packed.numpy(), "G": gamma.numpy()}
-    got = _run(one_node_model("BitLinear", feeds, {"in_features": in_f}, opset), feeds)
-    return _result("BitLinear", f"x{list(x.shape)} W[{out_f},{in_f}]", got, expected, exact=True)
+    got = _run(one_node_model(op_type, feeds, {"in_features": in_f}, opset), feeds)
+    return _result(op_type, f"x{list(x.shape)} W[{out_f},{in_f}]", got, expected, exact=True)
 
 
 def check_window_attention(rng: np.random.Generator, opset: int, B=2, H=4, Hkv=2, n=19, D=8, window=5,
@@ -75,6 +80,7 @@ def check_ops(opset: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     results = [check_bitlinear(rng, opset, bs, i, o) for bs, i, o in
                (((2, 5), 37, 11), ((1, 1), 64, 128), ((3, 33), 128, 64))]
+    results += [check_bitlinear(rng, opset, bs, i, o, gated=True) for bs, i, o in (((2, 5), 37, 11), ((3, 33), 96, 64))]
     results += [check_window_attention(rng, opset, n=n, window=w, Hkv=hkv) for n, w, hkv in
                 ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2))]
     return results

@@ -69,7 +69,7 @@ def test_ort_matches_eager_across_the_grid(artifact):
     assert any(r["early_exit"] for r in rows if r["tol"] > 0)
     assert all(r["top1_agreement"] == 1.0 for r in rows)
     assert all(op["passed"] for op in report["ops"])
-    assert all(op["bit_exact"] for op in report["ops"] if op["op"] == "BitLinear")
+    assert all(op["bit_exact"] for op in report["ops"] if "BitLinear" in op["op"])
     assert report["per_iteration"]["first_diverging_iteration"] is None
     s = report["summary"]
     assert s["would_pass_with"]["atol"] == max(r["logits_max_abs_err"] for r in rows)
@@ -82,12 +82,12 @@ def test_graph_has_one_loop_and_custom_nodes_with_functions(artifact):
     assert len(loops) == 1
     body = next(a.g for a in loops[0].attribute if a.name == "body")
     custom = [n for n in body.node if n.domain == "depthscale"]
-    assert {n.op_type for n in custom} == {"BitLinear", "WindowAttention"}
+    assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", "WindowAttention"}
     for n in custom:
         attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
         assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
-    assert {(f.domain, f.name) for f in model.functions} == {("depthscale", "BitLinear"),
-                                                              ("depthscale", "WindowAttention")}
+    assert {(f.domain, f.name) for f in model.functions} == {
+        ("depthscale", "BitLinear"), ("depthscale", "GatedBitLinear"), ("depthscale", "WindowAttention")}
 
 
 def initializer_bytes(path):
