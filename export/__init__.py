@@ -1,6 +1,13 @@
-"""depthscale_export: DepthScale checkpoint -> ONNX artifact with a parity gate (DESIGN §3-4).
+"""depthscale_export: DepthScale checkpoint -> ONNX artifact, gated on parity with eager PyTorch.
 
-Not implemented yet: the exporter is issue 3. This package exists so that the import name is fixed.
+    from depthscale_export import export
+    report = export("model.pt", "model-onnx", shapes=[(1, 7), (3, 257)])
+    report["status"]   # "passed" | "failed"
 """
 
+from .api import BadInput, ExportFailed, ExportOptions, export
+from .parity import Tolerances
+
 __version__ = "0.1.0"
+
+__all__ = ["BadInput", "ExportFailed", "ExportOptions", "Tolerances", "__version__", "export"]

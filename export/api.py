@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -100,14 +100,19 @@ def _passes(onnx_model: ir.Model, graph_passes) -> None:
                                f"{type(e).__name__}: {e}") from e
 
 
-def export(source, out_dir, options: ExportOptions | None = None) -> dict:
+def export(source, out_dir, options: ExportOptions | None = None, **overrides) -> dict:
     """Export a checkpoint path (or a DepthScaleModel) to the artifact directory `out_dir`.
+
+    Options come as an ExportOptions, or as its fields by keyword (export(p, out, force=True)).
 
     Returns the report (also in manifest.json); report["status"] is "passed" or "failed".
     Raises BadInput (exit 2) or ExportFailed (exit 3). A failed gate still writes the artifact,
     marked failed in its manifest.
     """
-    opts = options or ExportOptions()
+    try:
+        opts = replace(options or ExportOptions(), **overrides)
+    except TypeError as e:
+        raise BadInput(f"unknown export option: {e}") from None
     out = Path(out_dir)
     if out.exists() and not opts.force:
         raise BadInput(f"{out} exists (use --force to replace it)")

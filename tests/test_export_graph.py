@@ -106,3 +106,25 @@ def test_per_iteration_check_finds_where_a_planted_mismatch_starts(demo, demo_on
     assert broken["first_diverging_iteration"] == 1
     report = compare_samples(demo, str(bad), [sample], Tolerances())
     assert not report["rows"][0]["passed"] and not report["polygraphy_passed"]
+
+
+@pytest.mark.parametrize("overrides", [{"mixer": "retention"}, {"reason_tokens": 2}, {"bitnet": False}])
+def test_other_model_variants_export_and_match(overrides, tmp_path):
+    model = small_model(**overrides).packed()
+    path = tmp_path / "m.onnx"
+    ir.save(export_onnx(model, cap=6), str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    report = compare_samples(model, str(path), make_samples([(1, 1), (2, 9)], [0, 3, 6], [0.0]), Tolerances())
+    assert all(r["passed"] for r in report["rows"]), report["rows"]
+    assert sum(n.op_type == "Loop" for n in all_nodes(onnx.load(path).graph)) == 1
+
+
+def test_python_api_exports_a_model_object(tmp_path):
+    from depthscale_export import BadInput, export
+    report = export(small_model(), tmp_path / "art", shapes=[(2, 5)], iters=[0, 3], quiet=True)
+    assert report["status"] == "passed" and report["parity"]["samples"] == 4
+    assert (tmp_path / "art" / "manifest.json").exists()
+    with pytest.raises(BadInput, match="exists"):
+        export(small_model(), tmp_path / "art", quiet=True)
+    with pytest.raises(BadInput, match="unknown export option"):
+        export(small_model(), tmp_path / "other", colour="blue")
