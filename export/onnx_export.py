@@ -7,6 +7,7 @@ reads the weights from the outer scope; BitLinear and WindowAttention are "depth
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import onnx_ir as ir
@@ -50,13 +51,19 @@ def export_graph(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) -
                torch.tensor(0.0, dtype=torch.float32))
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     seq = torch.export.Dim("seq", min=1, max=cfg.max_seq_len)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            ExportWrapper(model, cap), example, dynamo=True, opset_version=opset, optimize=True,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False, report=False,
-            dynamic_shapes=({0: batch, 1: seq}, None, None),
-            custom_translation_table=translation_table())
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)                  # e.g. "torchvision is not installed"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                ExportWrapper(model, cap), example, dynamo=True, opset_version=opset, optimize=True,
+                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False, report=False,
+                dynamic_shapes=({0: batch, 1: seq}, None, None),
+                custom_translation_table=translation_table())
+    finally:
+        onnx_logger.setLevel(level)
     onnx_model = program.model
     onnx_model.graph.inputs[0].shape = ir.Shape(["batch", "seq"])
     onnx_model.graph.outputs[0].shape = ir.Shape(["batch", "seq", cfg.vocab_size])

@@ -97,7 +97,7 @@ def compare_samples(model: DepthScaleModel, onnx_path: str, samples: list[Sample
     """Run every sample through eager and ORT; compare. Returns the report's "samples" section."""
     feeds = [s.feed(model.config, seed + i) for i, s in enumerate(samples)]
     runners = [EagerRunner(model), OnnxrtRunner(SessionFromOnnx(onnx_path, providers=["cpu"]))]
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(divide="ignore", invalid="ignore"):
         results = Comparator.run(runners, data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
             atol={"logits": tol.atol, "iterations": 0}, rtol={"logits": tol.rtol, "iterations": 0},
