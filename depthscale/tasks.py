@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenizer import BOS_ID, CharTokenizer
+from depthscale_runtime.tokenizer import BOS_ID, CharTokenizer
 
 IGNORE = -100
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_t
 from .onnx_export import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_graph, finish_graph
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
-from .parity import Sample, Tolerances, compare_samples, make_samples, per_iteration_check
+from .parity import Sample, Tolerances, make_samples, run_gate
 
 
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -180,27 +180,9 @@ def _check(onnx_path: Path) -> None:
 
 
 def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:
-    tol = opts.tolerances
     ops = check_ops(opts.opset, opts.seed)
-    comparison = compare_samples(model, onnx_path, samples, tol, opts.seed)
-    rows = comparison["rows"]
-    failing = [s for s, r in zip(samples, rows) if not r["passed"]]
-    probe = failing[0] if failing else max(samples, key=lambda s: (s.max_iters, s.batch * s.seq))
-    iteration = per_iteration_check(model, onnx_path, probe, tol, opts.seed + samples.index(probe))
-    passed = all(r["passed"] for r in rows) and all(r["passed"] for r in ops)
-    summary = {
-        "passed": passed,
-        "samples": len(rows), "samples_failed": len(failing),
-        "logits_max_abs_err": max(r["logits_max_abs_err"] for r in rows),
-        "logits_max_rel_err": max(r["logits_max_rel_err"] for r in rows),
-        "iterations_equal": all(r["iterations_equal"] for r in rows),
-        "top1_agreement_min": min(r["top1_agreement"] for r in rows),
-        "ops_passed": all(r["passed"] for r in ops),
-        "first_diverging_iteration": iteration["first_diverging_iteration"],
-        # the smallest tolerances that would have passed: atol alone (rtol 0), or rtol alone (atol 0)
-        "would_pass_with": {"atol": max(r["logits_max_abs_err"] for r in rows),
-                            "rtol": max(r["logits_max_rel_err"] for r in rows)},
-        "tolerances": asdict(tol),
-    }
-    return {"passed": passed, "summary": summary, "samples": rows, "ops": ops, "per_iteration": iteration,
-            "polygraphy_passed": comparison["polygraphy_passed"]}
+    gate = run_gate(model, onnx_path, samples, opts.tolerances, opts.seed)
+    ops_passed = all(r["passed"] for r in ops)
+    passed = gate["summary"]["passed"] and ops_passed
+    gate["summary"].update(passed=passed, ops_passed=ops_passed)
+    return {"passed": passed, **gate, "ops": ops}

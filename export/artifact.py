@@ -7,7 +7,6 @@ directory without a manifest, never a directory at OUT that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,17 +14,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-MANIFEST = "manifest.json"
-ARTIFACT_FORMAT = "depthscale-artifact"
-ARTIFACT_FORMAT_VERSION = 1
+from depthscale_runtime.artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, sha256
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["ARTIFACT_FORMAT", "ARTIFACT_FORMAT_VERSION", "MANIFEST", "file_table", "staging_dir", "write_json"]
 
 
 def file_table(root: Path) -> dict[str, dict]:

@@ -142,3 +142,28 @@ def per_iteration_check(model: DepthScaleModel, onnx_path: str, sample: Sample, 
             if first is None and err > tol.state_atol:
                 first = t
     return {**asdict(sample), "state_max_abs_err": errors, "first_diverging_iteration": first}
+
+
+def run_gate(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol: Tolerances, seed: int = 0) -> dict:
+    """compare_samples, then the per-iteration check on the first failing sample (or, when all pass,
+    the one with the most iterations and tokens). Returns rows, per_iteration and a summary."""
+    comparison = compare_samples(model, onnx_path, samples, tol, seed)
+    rows = comparison["rows"]
+    failing = [s for s, r in zip(samples, rows) if not r["passed"]]
+    probe = failing[0] if failing else max(samples, key=lambda s: (s.max_iters, s.batch * s.seq))
+    iteration = per_iteration_check(model, onnx_path, probe, tol, seed + samples.index(probe))
+    summary = {
+        "passed": not failing,
+        "samples": len(rows), "samples_failed": len(failing),
+        "logits_max_abs_err": max(r["logits_max_abs_err"] for r in rows),
+        "logits_max_rel_err": max(r["logits_max_rel_err"] for r in rows),
+        "iterations_equal": all(r["iterations_equal"] for r in rows),
+        "top1_agreement_min": min(r["top1_agreement"] for r in rows),
+        "first_diverging_iteration": iteration["first_diverging_iteration"],
+        # the smallest tolerances that would have passed: atol alone (rtol 0), or rtol alone (atol 0)
+        "would_pass_with": {"atol": max(r["logits_max_abs_err"] for r in rows),
+                            "rtol": max(r["logits_max_rel_err"] for r in rows)},
+        "tolerances": asdict(tol),
+    }
+    return {"summary": summary, "samples": rows, "per_iteration": iteration,
+            "polygraphy_passed": comparison["polygraphy_passed"]}

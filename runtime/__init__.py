@@ -1,7 +1,18 @@
 """depthscale_runtime: runs an exported DepthScale artifact without torch.
 
-Not implemented yet: the runtime is issue 4. This package exists so that the import name is fixed
-and so that `pip install depthscale` (no extras) installs a torch-free distribution.
+    import depthscale_runtime
+    rt = depthscale_runtime.load("demo-onnx")           # verifies manifest and hashes
+    out = rt.run([0, 1, 2, 2, 1], max_iters=16, tol=0.003)
+    out.logits, out.iterations
 """
 
+from .artifact import Artifact, open_artifact
+from .errors import (ArtifactError, BackendUnavailableError, HashMismatchError, MissingFileError,
+                     ParityFailedError, UnsupportedFormatError)
+from .runtime import RunResult, Runtime, load
+
 __version__ = "0.1.0"
+
+__all__ = ["Artifact", "ArtifactError", "BackendUnavailableError", "HashMismatchError", "MissingFileError",
+           "ParityFailedError", "RunResult", "Runtime", "UnsupportedFormatError", "__version__", "load",
+           "open_artifact"]

@@ -6,10 +6,7 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 

@@ -5,7 +5,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-import torch
 
 from conftest import small_model
 from depthscale import demo_checkpoint, load_checkpoint

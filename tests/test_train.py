@@ -7,7 +7,7 @@ import torch
 
 from depthscale import DepthScaleConfig, load_checkpoint
 from depthscale.tasks import IGNORE, TASKS, get_task
-from depthscale.tokenizer import BOS_ID, CharTokenizer
+from depthscale_runtime.tokenizer import BOS_ID, CharTokenizer
 from depthscale.train import TrainOptions, lr_at, train
 
 
@@ -39,7 +39,7 @@ def test_training_lowers_the_loss():
                            tokenizer="01", task="parity")
     result = train(cfg, TrainOptions(steps=120, batch_size=16, seq_len=8, eval_every=60, warmup=10, lr=3e-3),
                    progress=False)
-    first, last = result.history[0], result.history[-1]
+    last = result.history[-1]
     assert len(result.history) == 2 and set(last["accuracy"]) == {1, 2, 4, 8, 16}
     assert last["loss"] < 0.69      # below chance for a two-way answer
     assert not result.model.training

@@ -15,7 +15,7 @@ import torch
 
 from depthscale import demo_checkpoint, load_checkpoint
 from depthscale.tasks import get_task
-from depthscale.tokenizer import CharTokenizer
+from depthscale_runtime.tokenizer import CharTokenizer
 from depthscale.train import EVAL_ITERS, evaluate
 
 

@@ -1,0 +1,75 @@
+"""depthscale-check: re-run the parity comparison of an artifact against its checkpoint, on fresh
+seeded inputs, for users' CI. A thin CLI over check_artifact(); assert_artifact_matches() is the
+pytest helper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from depthscale import CheckpointError, load_checkpoint
+from depthscale_runtime import ArtifactError, open_artifact
+
+from .parity import Tolerances, make_samples, run_gate
+
+DEFAULT_SEED = 20261123      # differs from the export's, so the inputs are fresh
+
+
+def check_artifact(artifact_dir, checkpoint, shapes=((1, 7), (2, 33)), iters=None, tols=None,
+                   seed: int = DEFAULT_SEED, allow_failed: bool = False) -> dict:
+    """Verify the artifact (hashes, status), then compare it with eager on new seeded inputs using the
+    tolerances it was exported with. Returns a report with "passed". Raises ArtifactError or
+    CheckpointError for unusable inputs."""
+    artifact = open_artifact(artifact_dir, allow_failed=allow_failed)
+    model = load_checkpoint(checkpoint).packed()
+    if model.config.to_dict() != artifact.config:
+        raise ArtifactError(f"{artifact_dir}: its config.json is not {checkpoint}'s config")
+    tolerances = Tolerances(**artifact.manifest["parity"]["tolerances"])
+    cap = artifact.max_iters_cap
+    iters = iters if iters is not None else sorted({0, 1, min(4, cap), cap})
+    tols = tols if tols is not None else sorted({0.0, float(artifact.config["tol"])})
+    samples = make_samples(list(shapes), [min(t, cap) for t in iters], list(tols))
+    gate = run_gate(model, str(artifact.model_path), samples, tolerances, seed)
+    return {"artifact": str(artifact_dir), "checkpoint": str(checkpoint), "seed": seed, **gate["summary"],
+            "rows": gate["samples"]}
+
+
+def assert_artifact_matches(artifact_dir, checkpoint, **kwargs) -> dict:
+    """pytest helper: `assert_artifact_matches("model-onnx", "model.pt")` fails the test with the
+    parity summary when the artifact no longer matches eager. Returns the report."""
+    report = check_artifact(artifact_dir, checkpoint, **kwargs)
+    if not report["passed"]:
+        raise AssertionError(
+            f"{artifact_dir} does not match {checkpoint}: {report['samples_failed']}/{report['samples']} samples "
+            f"failed, logits max abs err {report['logits_max_abs_err']:.3g}, iteration counts equal: "
+            f"{report['iterations_equal']}, first diverging iteration: {report['first_diverging_iteration']}")
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="depthscale-check", description=__doc__.split("\n\n")[0],
+                                epilog="exit codes: 0 parity holds, 1 parity failed, 2 bad usage or unusable input")
+    p.add_argument("artifact")
+    p.add_argument("--against", required=True, help="the checkpoint the artifact was exported from")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--allow-failed", action="store_true", help="check an artifact whose export gate failed")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        report = check_artifact(args.artifact, args.against, seed=args.seed, allow_failed=args.allow_failed)
+    except (ArtifactError, CheckpointError) as e:
+        print(f"depthscale-check: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+    print(f"{'PASSED' if report['passed'] else 'FAILED'}: {report['samples'] - report['samples_failed']}/"
+          f"{report['samples']} samples; logits max abs err {report['logits_max_abs_err']:.3g}; iteration counts "
+          f"equal: {report['iterations_equal']}; first diverging iteration: {report['first_diverging_iteration']}",
+          file=sys.stderr)
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
