@@ -23,9 +23,9 @@ from torch._higher_order_ops import while_loop
 
 from .bitlinear import BitLinear, make_linear
 from .config import DepthScaleConfig
+from .exact_math import exact_sqrt, tree_sum
 from .retention import GatedRetention
 from .rope import apply_rope, rope_tables
-from .exact_math import exact_sqrt, tree_sum
 from .window_attention import window_attention
 
 

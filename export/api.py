@@ -6,6 +6,7 @@ then any of yours), check, parity, write.
 
 from __future__ import annotations
 
+import copy
 import platform
 import sys
 import time
@@ -29,6 +30,7 @@ from .onnx_export import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_graph,
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
 from .parity import Sample, Tolerances, make_samples, run_gate
+from .trt_readiness import check_tensorrt_readiness
 
 
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -76,7 +78,7 @@ class _Progress:
 
 def _load(source) -> DepthScaleModel:
     if isinstance(source, DepthScaleModel):
-        return source.eval()
+        return copy.deepcopy(source).eval()           # export packs it: leave the caller's model alone
     try:
         return load_checkpoint(source)
     except depthscale.CheckpointError as e:
@@ -135,7 +137,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         onnx_path = tmp / "model.onnx"
         ir.save(onnx_model, str(onnx_path))
         (tmp / "config.json").write_text(cfg.to_json() + "\n")
-        progress.stage("check", _check, onnx_path)
+        readiness = progress.stage("check", _check, onnx_path, cap)
         iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
         tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
         samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
@@ -160,6 +162,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
             "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
             "parity": parity["summary"],
+            "tensorrt_readiness": readiness,
             "command": opts.command,
         }
         assert [i["name"] for i in report["inputs"]] == INPUT_NAMES
@@ -172,11 +175,13 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     return report
 
 
-def _check(onnx_path: Path) -> None:
+def _check(onnx_path: Path, cap: int) -> dict:
+    """onnx.checker (full) must pass; the TensorRT-readiness findings are reported, not gated on."""
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportFailed(f"onnx.checker rejected the graph: {str(e)[:300]}") from e
+    return check_tensorrt_readiness(onnx.load(str(onnx_path)), cap)
 
 
 def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:

@@ -113,6 +113,10 @@ def _print_table(out: Path, report: dict, verbose: bool) -> None:
         for r in rows:
             print(f"{r['batch']:5d} {r['seq']:5d} {r['max_iters']:3d} {r['tol']:8.3g} {r['logits_max_abs_err']:9.2g} "
                   f"{str(r['iterations_equal']):>8} {r['top1_agreement']:7.4f} {r['passed']}", file=err)
+    trt = report["tensorrt_readiness"]
+    failed_checks = [c["check"] for c in trt["checks"] if not c["passed"]]
+    print("TensorRT readiness (static, not gating): " + ("all checks pass" if trt["passed"] else
+          "problems: " + "; ".join(failed_checks)), file=err)
     print(f"{'PASSED' if report['status'] == 'passed' else 'FAILED'}: {out}", file=err)
 
 

@@ -50,6 +50,27 @@ def strip_metadata(model: ir.Model) -> None:
         init.doc_string = None
 
 
+def rename_dims(model: ir.Model, names: dict[str, str]) -> None:
+    """Rename symbolic dims everywhere (torch's s70 -> "seq"), subgraphs included, so that equal dims
+    carry equal names (which the TensorRT-readiness check compares)."""
+    graphs = [model.graph] + [attr.value for node in ir.traversal.RecursiveGraphIterator(model.graph)
+                              for attr in node.attributes.values() if attr.type == ir.AttributeType.GRAPH]
+    values = {id(v): v for g in graphs for v in (*g.inputs, *g.outputs)}
+    values.update({id(v): v for node in ir.traversal.RecursiveGraphIterator(model.graph) for v in node.outputs})
+    for value in values.values():
+        if value.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value in names for d in value.shape):
+            value.shape = ir.Shape([names.get(d.value, d.value) if isinstance(d, ir.SymbolicDim) else d
+                                    for d in value.shape])
+    # a Loop body's carried inputs are the outer initial values at iteration 0: give them those shapes
+    # (torch names the body's dims with fresh symbols)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Loop":
+            body = node.attributes["body"].value
+            for outer, inner in zip(node.inputs[2:], body.inputs[2:]):
+                if outer.shape is not None and inner.shape is not None and len(outer.shape) == len(inner.shape):
+                    inner.shape = outer.shape
+
+
 def find_loops(model: ir.Model) -> list[ir.Node]:
     """Every Loop node, at any depth."""
     return [n for n in _all_nodes(model) if n.op_type == "Loop" and n.domain == ""]

@@ -15,7 +15,7 @@ import torch
 
 from depthscale import DepthScaleModel
 
-from .graph_passes import attach_functions, strip_metadata
+from .graph_passes import attach_functions, rename_dims, strip_metadata
 from .onnx_ops import translation_table
 
 INPUT_NAMES = ["input_ids", "max_iters", "tol"]
@@ -65,9 +65,8 @@ def export_graph(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) -
     finally:
         onnx_logger.setLevel(level)
     onnx_model = program.model
-    onnx_model.graph.inputs[0].shape = ir.Shape(["batch", "seq"])
-    onnx_model.graph.outputs[0].shape = ir.Shape(["batch", "seq", cfg.vocab_size])
-    onnx_model.graph.outputs[1].shape = ir.Shape(["batch", "seq"])
+    batch_sym, seq_sym = (d.value for d in onnx_model.graph.inputs[0].shape)
+    rename_dims(onnx_model, {batch_sym: "batch", seq_sym: "seq"})
     return onnx_model
 
 

@@ -50,6 +50,7 @@ def test_manifest_records_everything_and_hashes_match(artifact):
     assert [i["name"] for i in m["inputs"]] == ["input_ids", "max_iters", "tol"]
     assert m["inputs"][0]["shape"] == ["batch", "seq"] and m["outputs"][0]["shape"][:2] == ["batch", "seq"]
     assert m["max_seq_len"] == 1024 and m["command"].startswith("depthscale-export ")
+    assert m["tensorrt_readiness"]["passed"] and len(m["tensorrt_readiness"]["checks"]) == 6
     assert set(m["files"]) == {"model.onnx", "config.json", "reports/parity.json"}
     import hashlib
     for name, entry in m["files"].items():
@@ -120,6 +121,16 @@ def test_planted_mismatch_fails_the_gate_with_exit_1(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["parity"]["first_diverging_iteration"] == 1
     assert json.loads(proc.stdout)["status"] == "failed"
+
+
+def test_failing_graph_pass_exits_3_and_writes_nothing(tmp_path):
+    (tmp_path / "broken.py").write_text("def explode(model):\n    raise RuntimeError('boom')\n")
+    out = tmp_path / "out"
+    proc = run_cli(DEMO, "-o", out, "--graph-pass", "broken:explode", "-q", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 3 and "graph pass explode failed: RuntimeError: boom" in proc.stderr
+    assert not out.exists()
+    proc = run_cli(DEMO, "-o", out, "--graph-pass", "no_such_module:f", "-q")
+    assert proc.returncode == 2 and "cannot load it" in proc.stderr
 
 
 class Payload:

@@ -119,8 +119,11 @@ def test_other_model_variants_export_and_match(overrides, tmp_path):
 
 
 def test_python_api_exports_a_model_object(tmp_path):
+    from depthscale.bitlinear import BitLinear
     from depthscale_export import BadInput, export
-    report = export(small_model(), tmp_path / "art", shapes=[(2, 5)], iters=[0, 3], quiet=True)
+    model = small_model()
+    report = export(model, tmp_path / "art", shapes=[(2, 5)], iters=[0, 3], quiet=True)
+    assert isinstance(model.inject, BitLinear)              # the caller's model is not packed
     assert report["status"] == "passed" and report["parity"]["samples"] == 4
     assert (tmp_path / "art" / "manifest.json").exists()
     with pytest.raises(BadInput, match="exists"):
