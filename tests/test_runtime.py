@@ -1,7 +1,6 @@
 """depthscale_runtime: loading and verification, validation, threads, no torch, depthscale-run/-check."""
 
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -2,7 +2,6 @@
 
 import copy
 
-import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
