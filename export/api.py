@@ -26,7 +26,7 @@ import depthscale
 from depthscale import DepthScaleModel, load_checkpoint
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, staging_dir, write_json
-from .onnx_export import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_graph, finish_graph
+from .onnx_export import DEFAULT_OPSET, export_graph, finish_graph
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
 from .parity import Sample, Tolerances, make_samples, run_gate
@@ -154,25 +154,30 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
                          "onnx_ir": ir.__version__, "polygraphy": polygraphy.__version__,
                          "python": platform.python_version()},
             "opset": opts.opset, "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
-            "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
-                       {"name": "max_iters", "dtype": "int64", "shape": []},
-                       {"name": "tol", "dtype": "float32", "shape": []}],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", cfg.vocab_size]},
-                        {"name": "iterations", "dtype": "int64", "shape": ["batch", "seq"]}],
+            "inputs": [_describe(v) for v in onnx_model.graph.inputs],
+            "outputs": [_describe(v) for v in onnx_model.graph.outputs],
             "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
             "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
             "parity": parity["summary"],
             "tensorrt_readiness": readiness,
             "command": opts.command,
         }
-        assert [i["name"] for i in report["inputs"]] == INPUT_NAMES
-        assert [o["name"] for o in report["outputs"]] == OUTPUT_NAMES
-        write_json(tmp / "reports" / "parity.json", parity)
-        report["timings_s"] = progress.timings
-        progress.stage("write", lambda: None)
-        report["files"] = file_table(tmp)
-        write_json(tmp / MANIFEST, report)
+        report["timings_s"] = dict(progress.timings)
+        progress.stage("write", _write, tmp, parity, report)
     return report
+
+
+def _describe(value: ir.Value) -> dict:
+    """name, dtype and shape (dim names for dynamic dims) of a graph input or output."""
+    return {"name": value.name, "dtype": value.dtype.numpy().name,
+            "shape": [d.value if isinstance(d, ir.SymbolicDim) else int(d) for d in value.shape]}
+
+
+def _write(tmp: Path, parity: dict, report: dict) -> None:
+    """reports/parity.json, then manifest.json (last, with every other file's sha256)."""
+    write_json(tmp / "reports" / "parity.json", parity)
+    report["files"] = file_table(tmp)
+    write_json(tmp / MANIFEST, report)
 
 
 def _check(onnx_path: Path, cap: int) -> dict:
