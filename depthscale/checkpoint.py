@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import pickletools
-import shutil
 import tempfile
 import warnings
 import zipfile
@@ -21,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic_dir import staging_dir
 from .config import DepthScaleConfig
 from .model import DepthScaleModel
 
@@ -59,23 +59,12 @@ def save_checkpoint(model: DepthScaleModel, path: str | os.PathLike) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    if path.exists() and not (path / CONFIG_FILE).exists() and any(path.iterdir()):
+        raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
+    with staging_dir(path, replace=True) as tmp_dir:
         save_file(sd, str(tmp_dir / WEIGHTS_FILE), metadata={"format": FORMAT,
                                                              "format_version": str(FORMAT_VERSION)})
         (tmp_dir / CONFIG_FILE).write_text(model.config.to_json() + "\n")
-        if path.exists():
-            if not (path / CONFIG_FILE).exists() and any(path.iterdir()):
-                raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp_dir, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 

@@ -25,7 +25,9 @@ import torch
 import depthscale
 from depthscale import DepthScaleModel, load_checkpoint
 
-from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, staging_dir, write_json
+from depthscale.atomic_dir import staging_dir
+
+from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, write_json
 from .onnx_export import DEFAULT_OPSET, export_graph, finish_graph
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
