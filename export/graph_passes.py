@@ -71,11 +71,6 @@ def rename_dims(model: ir.Model, names: dict[str, str]) -> None:
                     inner.shape = outer.shape
 
 
-def find_loops(model: ir.Model) -> list[ir.Node]:
-    """Every Loop node, at any depth."""
-    return [n for n in _all_nodes(model) if n.op_type == "Loop" and n.domain == ""]
-
-
 def expose_loop_state(model: ir.Model, name: str = "state") -> None:
     """Add the recursion's final hidden state s_T (the Loop's first float carried output) as a graph
     output. For the per-iteration parity check: run with max_iters = t to read s_t."""
