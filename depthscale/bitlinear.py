@@ -22,8 +22,11 @@ EPS = 1e-5
 
 
 def ternarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w float [out, in] -> (W_t int8 [out, in] in {-1, 0, 1}, γ float32 [] = mean|w|)."""
-    gamma = w.detach().float().abs().mean().clamp(min=EPS)
+    """w float [out, in] -> (W_t int8 [out, in] in {-1, 0, 1}, γ float32 [] = mean|w|).
+
+    The mean is taken in float64 and rounded once, so γ does not depend on how many threads summed it
+    (a float32 mean does: one ulp of γ changes every output of the layer)."""
+    gamma = w.detach().double().abs().mean().float().clamp(min=EPS)
     w_t = (w.detach().float() / gamma).round().clamp(-1, 1).to(torch.int8)
     return w_t, gamma
 

@@ -1,18 +1,23 @@
 """Sliding-window causal attention with grouped KV heads, at cost linear in sequence length.
 
-Query i attends to keys j with i - window < j <= i. The sequence is cut into blocks of
-b = min(window, n) queries; each block attends to itself and the block before it, so the work is
-n · 2b · head_dim rather than n² · head_dim.
+Query i attends to keys j with i - window < j <= i.
+
+  * window >= n: plain causal attention over one [n, n] score matrix (the cross-decoder's case, whose
+    window is max_seq_len).
+  * window < n: the sequence is cut into blocks of b = ceil(window / SUB_BLOCKS) queries; each block
+    attends to itself and the SUB_BLOCKS blocks before it, so the work is n · (SUB_BLOCKS + 1) · b ·
+    head_dim, about 1.5 · n · window · head_dim, rather than n² · head_dim. (With SUB_BLOCKS = 1 it
+    would be 2 · n · window, half of it masked.)
 
 Scores, softmax and the weighted sum run in float64 and round to float32 at the end: torch and ONNX
 Runtime order their float32 dot products and exponentials differently, but their float64 results
 round to the same float32 value (in all but vanishingly rare cases), which keeps the recurrence
-bit-identical across backends (see exact_math.py). Cross-decoder attention is this op with a window
-of at least n, i.e. full causal attention.
+bit-identical across backends (see exact_math.py).
 
 `window_attention` dispatches: with autograd on, the plain-torch function (differentiable);
 otherwise the custom op torch.ops.depthscale.window_attention, which the exporter turns into one ONNX
-node. Both run the same arithmetic, so their results are identical.
+node. Both run the same arithmetic, so their results are identical. The ONNX function body
+(depthscale_export.onnx_ops.WindowAttention) mirrors this file step for step.
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+SUB_BLOCKS = 2          # a window spans this many query blocks
+
 
 def band_mask(n: int, window: int, device=None) -> torch.Tensor:
     """bool [n, n], True where query i may attend to key j (i - window < j <= i)."""
     i = torch.arange(n, device=device)[:, None]
     j = torch.arange(n, device=device)[None, :]
     return (j <= i) & (j > i - window)
+
+
+def _softmax_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """float64 q [..., m, D], k/v [..., j, D], allowed bool broadcastable to [..., m, j] -> [..., m, D]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.matmul(probs, v)
 
 
 def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
@@ -37,25 +51,25 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     group = H // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
-    b = min(window, n)                                             # block size
+    if window >= n:                                                # full causal attention
+        i = torch.arange(n, device=q.device)
+        return _softmax_attend(q, k, v, i[None, :] <= i[:, None]).float()
+    R = SUB_BLOCKS
+    b = -(-window // R)                                            # block size
     nb = -(-n // b)                                                # number of blocks
     pad = nb * b - n
     qb = F.pad(q, (0, 0, 0, pad)).reshape(B, H, nb, b, D)
-    kp = F.pad(k, (0, 0, b, pad)).reshape(B, H, nb + 1, b, D)     # a zero block in front
-    vp = F.pad(v, (0, 0, b, pad)).reshape(B, H, nb + 1, b, D)
-    kb = torch.cat([kp[:, :, :-1], kp[:, :, 1:]], dim=3)           # [B, H, nb, 2b, D] previous + own
-    vb = torch.cat([vp[:, :, :-1], vp[:, :, 1:]], dim=3)
-    scores = torch.matmul(qb, kb.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, H, nb, b, 2b]
-    # query position blk*b + i, key position blk*b - b + j
+    kp = F.pad(k, (0, 0, R * b, pad)).reshape(B, H, nb + R, b, D)  # R zero blocks in front
+    vp = F.pad(v, (0, 0, R * b, pad)).reshape(B, H, nb + R, b, D)
+    kb = torch.cat([kp[:, :, r:r + nb] for r in range(R + 1)], dim=3)   # [B, H, nb, (R+1)b, D]
+    vb = torch.cat([vp[:, :, r:r + nb] for r in range(R + 1)], dim=3)
+    # query position blk*b + i, key position (blk - R)*b + j
     i = torch.arange(b, device=q.device)[:, None]
-    j = torch.arange(2 * b, device=q.device)[None, :]
-    dist = i - j + b                                               # query pos - key pos
-    allowed = (dist >= 0) & (dist < window)                        # [b, 2b]
+    j = torch.arange((R + 1) * b, device=q.device)[None, :]
+    dist = i - j + R * b                                           # query pos - key pos
     blk = torch.arange(nb, device=q.device)[:, None, None]
-    allowed = allowed[None] & ((blk > 0) | (j >= b)[None])         # [nb, b, 2b] no keys before 0
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, vb)                                  # [B, H, nb, b, D]
+    allowed = ((dist >= 0) & (dist < window))[None] & (j[None] >= (R - blk) * b)   # [nb, b, (R+1)b]
+    out = _softmax_attend(qb, kb, vb, allowed)                     # [B, H, nb, b, D]
     return out.reshape(B, H, nb * b, D)[:, :, :n].float()
 
 

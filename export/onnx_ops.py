@@ -16,6 +16,8 @@ from onnx.defs import OpSchema
 from onnxscript import FLOAT, UINT8, script
 from onnxscript import opset18 as op
 
+from depthscale.window_attention import SUB_BLOCKS
+
 DOMAIN = "depthscale"
 DOMAIN_VERSION = 1
 PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1"}
@@ -73,21 +75,25 @@ def translation_table() -> dict:
 
 @script(_ds, default_opset=op)
 def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
-    # unpack_ternary: codes = (W[..., None] >> [0, 2, 4, 6]) & 3; W_t = codes[:, :in] - 1
+    # unpack_ternary: codes = (W[..., None] >> [0, 2, 4, 6]) & 3; W_t = codes[:, :in] - 1, as int8 [in, out].
+    # W is an initializer, so ONNX Runtime folds this into a constant once, at session creation.
     shifts = op.Cast(op.Constant(value_ints=[0, 2, 4, 6]), to=2)
     three = op.Cast(op.Constant(value_int=3), to=2)
     codes = op.BitwiseAnd(op.BitShift(op.Unsqueeze(W, [-1]), shifts, direction="RIGHT"), three)
     rows = op.Shape(W, start=0, end=1)
     flat = op.Reshape(codes, op.Concat(rows, op.Constant(value_ints=[-1]), axis=0))
     n_in = op.Reshape(op.Constant(value_int=in_features), op.Constant(value_ints=[1]))
-    w_t = op.Sub(op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=1),
-                 op.Constant(value_float=1.0))
+    codes_in = op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=7)
+    w_t = op.Cast(op.Transpose(op.Sub(codes_in, op.Constant(value_int=1)), perm=[1, 0]), to=3)
     # quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127)
     amax = op.Max(op.ReduceMax(op.Abs(X), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
     s = op.Mul(op.Reciprocal(amax), op.Constant(value_float=127.0))
     x_q = op.Clip(op.Round(op.Mul(X, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
-    acc = op.MatMul(x_q, op.Transpose(w_t, perm=[1, 0]))
-    return op.Mul(acc, op.Div(G, s))
+    # the integer product x_q · W_tᵀ, exact in int32: x_q + 128 as uint8 with zero point 128, because
+    # ONNX Runtime's fast (VNNI) kernels are uint8 x int8
+    x_u8 = op.Cast(op.Add(x_q, op.Constant(value_float=128.0)), to=2)
+    acc = op.MatMulInteger(x_u8, w_t, op.Cast(op.Constant(value_int=128), to=2))
+    return op.Mul(op.Cast(acc, to=1), op.Div(G, s))
 
 
 @script(_ds, default_opset=op)
@@ -98,10 +104,15 @@ def GatedBitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
     return BitLinear(h, W, G, in_features=in_features)
 
 
+if SUB_BLOCKS != 2:
+    raise ImportError("WindowAttention's function body is written for SUB_BLOCKS = 2 (three key blocks)")
+
+
 @script(_ds, default_opset=op)
 def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
+    two = op.Constant(value_ints=[2])
     D = op.Shape(Q, start=3, end=4)
     Q = op.Cast(Q, to=11)                                   # float64 inside, as eager
     K = op.Cast(K, to=11)
@@ -111,43 +122,50 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     H = op.Shape(Q, start=1, end=2)
     n = op.Shape(Q, start=2, end=3)
     Hkv = op.Shape(K, start=1, end=2)
-    group = op.Div(H, Hkv)
-    kv5 = op.Concat(B, Hkv, group, n, D, axis=0)
+    kv5 = op.Concat(B, Hkv, op.Div(H, Hkv), n, D, axis=0)
     qshape = op.Concat(B, H, n, D, axis=0)
     K = op.Reshape(op.Expand(op.Unsqueeze(K, [2]), kv5), qshape)
     V = op.Reshape(op.Expand(op.Unsqueeze(V, [2]), kv5), qshape)
-    # blocks of b = min(window, n) queries, each against its own and the previous block
-    w = op.Reshape(op.Constant(value_int=window), one)
-    b = op.Min(w, n)
-    nb = op.Div(op.Sub(op.Add(n, b), one), b)
-    pad = op.Sub(op.Mul(nb, b), n)
-    qb = op.Reshape(op.Pad(Q, op.Concat(zero, zero, zero, zero, zero, zero, pad, zero, axis=0)),
-                    op.Concat(B, H, nb, b, D, axis=0))
-    kvp_pads = op.Concat(zero, zero, b, zero, zero, zero, pad, zero, axis=0)
-    blocks = op.Concat(B, H, op.Add(nb, one), b, D, axis=0)
-    kp = op.Reshape(op.Pad(K, kvp_pads), blocks)
-    vp = op.Reshape(op.Pad(V, kvp_pads), blocks)
-    two = op.Constant(value_ints=[2])
-    nb1 = op.Add(nb, one)
-    kb = op.Concat(op.Slice(kp, zero, nb, two), op.Slice(kp, one, nb1, two), axis=3)
-    vb = op.Concat(op.Slice(vp, zero, nb, two), op.Slice(vp, one, nb1, two), axis=3)
     scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
-    scores = op.Mul(op.MatMul(qb, op.Transpose(kb, perm=[0, 1, 2, 4, 3])), scale)
-    # mask: query blk*b + i, key blk*b - b + j; allowed iff 0 <= i - j + b < window and key >= 0
-    b0 = op.Squeeze(b, zero)
-    i = op.Unsqueeze(op.Range(op.Constant(value_int=0), b0, op.Constant(value_int=1)), [1])
-    j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Mul(b0, op.Constant(value_int=2)),
-                              op.Constant(value_int=1)), [0])
-    dist = op.Add(op.Sub(i, j), b0)
-    allowed = op.And(op.GreaterOrEqual(dist, op.Constant(value_int=0)), op.Less(dist, w))
-    blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(nb, zero), op.Constant(value_int=1)), [1, 2])
-    allowed = op.And(op.Unsqueeze(allowed, [0]),
-                     op.Or(op.Greater(blk, op.Constant(value_int=0)),
-                           op.Unsqueeze(op.GreaterOrEqual(j, b0), [0])))
     neg_inf = op.Cast(op.Constant(value_float=float("-inf")), to=11)
-    probs = op.Softmax(op.Where(allowed, scores, neg_inf), axis=-1)
-    out = op.MatMul(probs, vb)
-    return op.Cast(op.Slice(op.Reshape(out, op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two), to=1)
+    w = op.Reshape(op.Constant(value_int=window), one)
+    n0 = op.Squeeze(n, zero)
+    if op.Squeeze(op.GreaterOrEqual(w, n), zero):
+        # full causal attention: key j <= query i
+        pos = op.Range(op.Constant(value_int=0), n0, op.Constant(value_int=1))
+        causal = op.LessOrEqual(op.Unsqueeze(pos, [0]), op.Unsqueeze(pos, [1]))
+        scores = op.Mul(op.MatMul(Q, op.Transpose(K, perm=[0, 1, 3, 2])), scale)
+        out = op.MatMul(op.Softmax(op.Where(causal, scores, neg_inf), axis=-1), V)
+    else:
+        # blocks of b = ceil(window / 2) queries, each against its own and the 2 previous blocks
+        b = op.Div(op.Add(w, one), two)
+        nb = op.Div(op.Sub(op.Add(n, b), one), b)
+        pad = op.Sub(op.Mul(nb, b), n)
+        qb = op.Reshape(op.Pad(Q, op.Concat(zero, zero, zero, zero, zero, zero, pad, zero, axis=0)),
+                        op.Concat(B, H, nb, b, D, axis=0))
+        kvp_pads = op.Concat(zero, zero, op.Mul(b, two), zero, zero, zero, pad, zero, axis=0)
+        blocks = op.Concat(B, H, op.Add(nb, two), b, D, axis=0)
+        kp = op.Reshape(op.Pad(K, kvp_pads), blocks)
+        vp = op.Reshape(op.Pad(V, kvp_pads), blocks)
+        nb1 = op.Add(nb, one)
+        nb2 = op.Add(nb, two)
+        kb = op.Concat(op.Slice(kp, zero, nb, two), op.Slice(kp, one, nb1, two), op.Slice(kp, two, nb2, two), axis=3)
+        vb = op.Concat(op.Slice(vp, zero, nb, two), op.Slice(vp, one, nb1, two), op.Slice(vp, two, nb2, two), axis=3)
+        scores = op.Mul(op.MatMul(qb, op.Transpose(kb, perm=[0, 1, 2, 4, 3])), scale)
+        # query blk*b + i, key (blk - 2)*b + j; allowed iff 0 <= i - j + 2b < window and key >= 0
+        b0 = op.Squeeze(b, zero)
+        i = op.Unsqueeze(op.Range(op.Constant(value_int=0), b0, op.Constant(value_int=1)), [1])
+        j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Mul(b0, op.Constant(value_int=3)),
+                                  op.Constant(value_int=1)), [0])
+        dist = op.Add(op.Sub(i, j), op.Mul(b0, op.Constant(value_int=2)))
+        in_window = op.And(op.GreaterOrEqual(dist, op.Constant(value_int=0)), op.Less(dist, w))
+        blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(nb, zero), op.Constant(value_int=1)),
+                           [1, 2])
+        key_exists = op.GreaterOrEqual(op.Unsqueeze(j, [0]), op.Mul(op.Sub(op.Constant(value_int=2), blk), b0))
+        allowed = op.And(op.Unsqueeze(in_window, [0]), key_exists)
+        probs = op.Softmax(op.Where(allowed, scores, neg_inf), axis=-1)
+        out = op.Slice(op.Reshape(op.MatMul(probs, vb), op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
+    return op.Cast(out, to=1)
 
 
 FUNCTIONS = (BitLinear, GatedBitLinear, WindowAttention)

@@ -1,0 +1,48 @@
+"""What a bench run measures: the full plan (issue 5's figures, under 20 minutes on 2 cores) and the
+quick plan (the same sections and JSON structure on small shapes, under 2 minutes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import QUICK_REFERENCE, REFERENCE
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    reference: dict                      # DepthScaleConfig fields of the random-weight reference model
+    anchor: tuple[int, int, int]         # (batch, seq, T) the targets are read at
+    batches: tuple[int, ...]
+    seqs: tuple[int, ...]
+    iters: tuple[int, ...]
+    threads: tuple[int, ...]
+    grid: str                            # "axes": vary one of batch/seq/T around the anchor; "full": all
+    reps: int                            # timed repetitions (at least 3 are kept under budget_s)
+    budget_s: float                      # per measurement: stop adding repetitions past 3 after this long
+    size_caps: tuple[int, int]           # T caps of the two exports compared for size
+    depth_iters: tuple[int, ...]
+    depth_shape: tuple[int, int]
+    seq_sweep: tuple[int, ...]
+    seq_iters: int
+    unroll_steps: int
+    session_reps: int
+    early_exit_tols: tuple[float, ...]
+    early_exit_batch: int
+    early_exit_length: int
+    matmul_size: int
+
+
+FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8), seqs=(128, 512, 2048),
+            iters=(4, 16, 64), threads=(1, 2), grid="axes", reps=5, budget_s=20.0, size_caps=(4, 64),
+            depth_iters=(4, 16, 64), depth_shape=(1, 512), seq_sweep=(512, 1024, 2048, 4096), seq_iters=16,
+            unroll_steps=16, session_reps=3, early_exit_tols=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1),
+            early_exit_batch=256, early_exit_length=24, matmul_size=2048)
+
+QUICK = Plan(name="quick", reference=QUICK_REFERENCE, anchor=(1, 64, 4), batches=(1, 2), seqs=(16, 64),
+             iters=(2, 4, 8), threads=(1, 2), grid="axes", reps=1, budget_s=1.0, size_caps=(2, 8),
+             depth_iters=(2, 8), depth_shape=(1, 64), seq_sweep=(32, 64, 128), seq_iters=4, unroll_steps=4,
+             session_reps=1, early_exit_tols=(0.0, 0.003, 0.03), early_exit_batch=16, early_exit_length=12,
+             matmul_size=512)
+
+PLANS = {"full": FULL, "quick": QUICK}
