@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .exact_math import exact_exp
+
 ACT_MAX = 127.0
 EPS = 1e-5
 
@@ -64,10 +66,13 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def swiglu(x: torch.Tensor) -> torch.Tensor:
-    """x float32 [..., 2k] = (a, b) -> silu(a) · b float32 [..., k], computed in float64 so that every
-    backend rounds it to the same float32 (exact_math.py)."""
-    a, b = x.double().chunk(2, dim=-1)
-    return (F.silu(a) * b).float()
+    """x float32 [..., 2k] = (a, b) -> silu(a) · b float32 [..., k], as a · (1 / (1 + exp(-a))) · b.
+
+    Every op is correctly rounded float32 except exp, which goes through float64 (exact_math.exact_exp),
+    so every backend gets the same bits; the GatedBitLinear function body runs the same ops in the
+    same order."""
+    a, b = x.chunk(2, dim=-1)
+    return a * torch.reciprocal(exact_exp(-a) + 1.0) * b
 
 
 def bitlinear_int(x: torch.Tensor, w_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

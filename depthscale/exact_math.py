@@ -8,6 +8,9 @@ that both backends compute identically:
   * exact_sqrt: the correctly rounded square root. ONNX Runtime's Sqrt is; torch's vectorised CPU
     sqrt is not (it is within 1 ulp), so eager goes through float64, which rounds to the correctly
     rounded float32 result. The exported graph holds a plain float Sqrt;
+  * exact_exp: exp through float64, rounded once to float32. Neither torch's nor ONNX Runtime's float32
+    exp is correctly rounded, and they differ; their float64 results round to the same float32 in all
+    but vanishingly rare cases. The exported graph holds the same Cast / Exp / Cast;
   * add, sub, mul, div, reciprocal, max, where: correctly rounded or exact everywhere.
 """
 
@@ -34,3 +37,10 @@ def exact_sqrt(x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_exporting() or x.dtype != torch.float32:
         return torch.sqrt(x)
     return torch.sqrt(x.double()).float()
+
+
+def exact_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp of a float32 tensor, computed in float64 and rounded once (the same float32 on every backend)."""
+    if x.dtype != torch.float32:
+        return torch.exp(x)
+    return torch.exp(x.double()).float()

@@ -38,10 +38,13 @@ def band_mask(n: int, window: int, device=None) -> torch.Tensor:
 
 
 def _softmax_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """float64 q [..., m, D], k/v [..., j, D], allowed bool broadcastable to [..., m, j] -> [..., m, D]."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    return torch.matmul(probs, v)
+    """float64 q [..., m, D], k/v [..., j, D], allowed bool broadcastable to [..., m, j] -> [..., m, D].
+
+    The scale goes on q and the mask is an additive 0 / -inf bias of the mask's own (small) shape:
+    fewer elementwise passes over the [..., m, j] scores than scaling and masking them."""
+    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2)) + bias
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
@@ -61,8 +64,9 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     qb = F.pad(q, (0, 0, 0, pad)).reshape(B, H, nb, b, D)
     kp = F.pad(k, (0, 0, R * b, pad)).reshape(B, H, nb + R, b, D)  # R zero blocks in front
     vp = F.pad(v, (0, 0, R * b, pad)).reshape(B, H, nb + R, b, D)
-    kb = torch.cat([kp[:, :, r:r + nb] for r in range(R + 1)], dim=3)   # [B, H, nb, (R+1)b, D]
-    vb = torch.cat([vp[:, :, r:r + nb] for r in range(R + 1)], dim=3)
+    idx = (torch.arange(nb, device=q.device)[:, None] + torch.arange(R + 1, device=q.device)).reshape(-1)
+    kb = kp[:, :, idx].reshape(B, H, nb, (R + 1) * b, D)          # query block m: key blocks m-R..m
+    vb = vp[:, :, idx].reshape(B, H, nb, (R + 1) * b, D)
     # query position blk*b + i, key position (blk - R)*b + j
     i = torch.arange(b, device=q.device)[:, None]
     j = torch.arange((R + 1) * b, device=q.device)[None, :]

@@ -98,14 +98,11 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
 
 @script(_ds, default_opset=op)
 def GatedBitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
-    # swiglu in float64, as eager: silu(a) · b for [a, b] = X
-    a, b = op.Split(op.Cast(X, to=11), axis=-1, num_outputs=2)
-    h = op.Cast(op.Mul(op.Mul(a, op.Sigmoid(a)), b), to=1)
+    # swiglu, as eager: a · reciprocal(exp(-a) + 1) · b for [a, b] = X, exp through float64
+    a, b = op.Split(X, axis=-1, num_outputs=2)
+    e = op.Cast(op.Exp(op.Cast(op.Neg(a), to=11)), to=1)
+    h = op.Mul(op.Mul(a, op.Reciprocal(op.Add(e, op.Constant(value_float=1.0)))), b)
     return BitLinear(h, W, G, in_features=in_features)
-
-
-if SUB_BLOCKS != 2:
-    raise ImportError("WindowAttention's function body is written for SUB_BLOCKS = 2 (three key blocks)")
 
 
 @script(_ds, default_opset=op)
@@ -128,42 +125,47 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     V = op.Reshape(op.Expand(op.Unsqueeze(V, [2]), kv5), qshape)
     scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
     neg_inf = op.Cast(op.Constant(value_float=float("-inf")), to=11)
+    zero_d = op.Cast(op.Constant(value_float=0.0), to=11)
     w = op.Reshape(op.Constant(value_int=window), one)
     n0 = op.Squeeze(n, zero)
     if op.Squeeze(op.GreaterOrEqual(w, n), zero):
         # full causal attention: key j <= query i
         pos = op.Range(op.Constant(value_int=0), n0, op.Constant(value_int=1))
         causal = op.LessOrEqual(op.Unsqueeze(pos, [0]), op.Unsqueeze(pos, [1]))
-        scores = op.Mul(op.MatMul(Q, op.Transpose(K, perm=[0, 1, 3, 2])), scale)
-        out = op.MatMul(op.Softmax(op.Where(causal, scores, neg_inf), axis=-1), V)
+        scores = op.Add(op.MatMul(op.Mul(Q, scale), op.Transpose(K, perm=[0, 1, 3, 2])), op.Where(causal, zero_d, neg_inf))
+        out = op.MatMul(op.Softmax(scores, axis=-1), V)
     else:
-        # blocks of b = ceil(window / 2) queries, each against its own and the 2 previous blocks
-        b = op.Div(op.Add(w, one), two)
+        # blocks of b = ceil(window / R) queries, each against its own and the R previous blocks
+        R = op.Constant(value_ints=[SUB_BLOCKS])
+        b = op.Div(op.Sub(op.Add(w, R), one), R)
         nb = op.Div(op.Sub(op.Add(n, b), one), b)
         pad = op.Sub(op.Mul(nb, b), n)
         qb = op.Reshape(op.Pad(Q, op.Concat(zero, zero, zero, zero, zero, zero, pad, zero, axis=0)),
                         op.Concat(B, H, nb, b, D, axis=0))
-        kvp_pads = op.Concat(zero, zero, op.Mul(b, two), zero, zero, zero, pad, zero, axis=0)
-        blocks = op.Concat(B, H, op.Add(nb, two), b, D, axis=0)
-        kp = op.Reshape(op.Pad(K, kvp_pads), blocks)
-        vp = op.Reshape(op.Pad(V, kvp_pads), blocks)
-        nb1 = op.Add(nb, one)
-        nb2 = op.Add(nb, two)
-        kb = op.Concat(op.Slice(kp, zero, nb, two), op.Slice(kp, one, nb1, two), op.Slice(kp, two, nb2, two), axis=3)
-        vb = op.Concat(op.Slice(vp, zero, nb, two), op.Slice(vp, one, nb1, two), op.Slice(vp, two, nb2, two), axis=3)
-        scores = op.Mul(op.MatMul(qb, op.Transpose(kb, perm=[0, 1, 2, 4, 3])), scale)
-        # query blk*b + i, key (blk - 2)*b + j; allowed iff 0 <= i - j + 2b < window and key >= 0
+        kvp_pads = op.Concat(zero, zero, op.Mul(b, R), zero, zero, zero, pad, zero, axis=0)
+        blocks = op.Concat(B, H, op.Add(nb, R), b, D, axis=0)
+        R1 = op.Add(R, one)
+        nb0 = op.Squeeze(nb, zero)
+        idx = op.Reshape(op.Add(op.Unsqueeze(op.Range(op.Constant(value_int=0), nb0, op.Constant(value_int=1)), [1]),
+                                op.Range(op.Constant(value_int=0), op.Squeeze(R1, zero), op.Constant(value_int=1))),
+                         op.Constant(value_ints=[-1]))
+        kbshape = op.Concat(B, H, nb, op.Mul(R1, b), D, axis=0)
+        kb = op.Reshape(op.Gather(op.Reshape(op.Pad(K, kvp_pads), blocks), idx, axis=2), kbshape)
+        vb = op.Reshape(op.Gather(op.Reshape(op.Pad(V, kvp_pads), blocks), idx, axis=2), kbshape)
+        # query blk*b + i, key (blk - R)*b + j; allowed iff 0 <= i - j + R·b < window and key >= 0
         b0 = op.Squeeze(b, zero)
+        R0 = op.Squeeze(R, zero)
         i = op.Unsqueeze(op.Range(op.Constant(value_int=0), b0, op.Constant(value_int=1)), [1])
-        j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Mul(b0, op.Constant(value_int=3)),
+        j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Mul(b0, op.Add(R0, op.Constant(value_int=1))),
                                   op.Constant(value_int=1)), [0])
-        dist = op.Add(op.Sub(i, j), op.Mul(b0, op.Constant(value_int=2)))
+        dist = op.Add(op.Sub(i, j), op.Mul(b0, R0))
         in_window = op.And(op.GreaterOrEqual(dist, op.Constant(value_int=0)), op.Less(dist, w))
-        blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(nb, zero), op.Constant(value_int=1)),
-                           [1, 2])
-        key_exists = op.GreaterOrEqual(op.Unsqueeze(j, [0]), op.Mul(op.Sub(op.Constant(value_int=2), blk), b0))
+        blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), nb0, op.Constant(value_int=1)), [1, 2])
+        key_exists = op.GreaterOrEqual(op.Unsqueeze(j, [0]), op.Mul(op.Sub(R0, blk), b0))
         allowed = op.And(op.Unsqueeze(in_window, [0]), key_exists)
-        probs = op.Softmax(op.Where(allowed, scores, neg_inf), axis=-1)
+        scores = op.Add(op.MatMul(op.Mul(qb, scale), op.Transpose(kb, perm=[0, 1, 2, 4, 3])),
+                        op.Where(allowed, zero_d, neg_inf))
+        probs = op.Softmax(scores, axis=-1)
         out = op.Slice(op.Reshape(op.MatMul(probs, vb), op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
     return op.Cast(out, to=1)
 
