@@ -2,8 +2,11 @@
 
 Query i attends to keys j with i - window < j <= i.
 
-  * window >= n: plain causal attention over one [n, n] score matrix (the cross-decoder's case, whose
-    window is max_seq_len).
+  * window >= n (the cross-decoder's case, whose window is max_seq_len): causal attention. Below
+    CHUNKED_FROM positions, over one [n, n] score matrix; from there on, the queries go in
+    CAUSAL_CHUNKS chunks and chunk i attends only to the keys up to its end, which skips most of
+    the masked upper triangle (work (C + 1) / 2C of n², 56% for C = 8) and keeps the float64 score
+    tensors to 1/C of [n, n].
   * window < n: the sequence is cut into blocks of b = ceil(window / SUB_BLOCKS) queries; each block
     attends to itself and the SUB_BLOCKS blocks before it, so the work is n · (SUB_BLOCKS + 1) · b ·
     head_dim, about 1.5 · n · window · head_dim, rather than n² · head_dim. (With SUB_BLOCKS = 1 it
@@ -28,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 SUB_BLOCKS = 2          # a window spans this many query blocks
+CAUSAL_CHUNKS = 8       # full causal attention over n >= CHUNKED_FROM positions: this many query chunks
+CHUNKED_FROM = 256
 
 
 def band_mask(n: int, window: int, device=None) -> torch.Tensor:
@@ -55,8 +60,16 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     if window >= n:                                                # full causal attention
-        i = torch.arange(n, device=q.device)
-        return _softmax_attend(q, k, v, i[None, :] <= i[:, None]).float()
+        pos = torch.arange(n, device=q.device)
+        if n < CHUNKED_FROM:
+            return _softmax_attend(q, k, v, pos[None, :] <= pos[:, None]).float()
+        c = -(-n // CAUSAL_CHUNKS)                                  # chunk size; every chunk is non-empty
+        chunks = []
+        for i in range(CAUSAL_CHUNKS):
+            end = min((i + 1) * c, n)                              # chunk i: queries i·c..end-1, keys 0..end-1
+            allowed = pos[None, :end] <= pos[i * c:end, None]
+            chunks.append(_softmax_attend(q[:, :, i * c:end], k[:, :, :end], v[:, :, :end], allowed))
+        return torch.cat(chunks, dim=2).float()
     R = SUB_BLOCKS
     b = -(-window // R)                                            # block size
     nb = -(-n // b)                                                # number of blocks

@@ -21,7 +21,8 @@ def attach_functions(model: ir.Model) -> None:
     while wanted:
         fn = ir.serde.deserialize_function(bodies[wanted.pop()])
         model.functions[fn.identifier()] = fn
-        wanted |= {n.op_type for n in fn if n.domain == DOMAIN} - {f.name for f in model.functions.values()}
+        wanted |= ({n.op_type for n in ir.traversal.RecursiveGraphIterator(fn) if n.domain == DOMAIN}
+                   - {f.name for f in model.functions.values()})
     model.opset_imports[DOMAIN] = DOMAIN_VERSION
 
 

@@ -44,12 +44,13 @@ def export_onnx(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) ->
 
 
 def export_graph(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET,
-                 wrapper: torch.nn.Module | None = None) -> ir.Model:
+                 wrapper: torch.nn.Module | None = None, optimize: bool = True) -> ir.Model:
     """torch.onnx (dynamo) export of a packed, eval-mode model, with the interface's dim names.
 
     wrapper: the module to export, taking (input_ids, max_iters, tol) and returning (logits,
     iterations); default ExportWrapper(model, cap), the artifact's interface. (tools/bench passes an
-    unrolled variant.) Raises whatever torch.onnx raises on failure."""
+    unrolled variant.) optimize: run torch.onnx's onnxscript optimizer (superlinear in graph size:
+    minutes on an unrolled recursion). Raises whatever torch.onnx raises on failure."""
     cfg = model.config
     example = (torch.randint(0, cfg.vocab_size, (2, 8)), torch.tensor(2, dtype=torch.int64),
                torch.tensor(0.0, dtype=torch.float32))
@@ -62,7 +63,7 @@ def export_graph(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET,
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                wrapper or ExportWrapper(model, cap), example, dynamo=True, opset_version=opset, optimize=True,
+                wrapper or ExportWrapper(model, cap), example, dynamo=True, opset_version=opset, optimize=optimize,
                 input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False, report=False,
                 dynamic_shapes=({0: batch, 1: seq}, None, None),
                 custom_translation_table=translation_table())

@@ -13,10 +13,10 @@ from __future__ import annotations
 import onnx
 import onnxscript
 from onnx.defs import OpSchema
-from onnxscript import FLOAT, UINT8, script
+from onnxscript import DOUBLE, FLOAT, INT64, UINT8, script
 from onnxscript import opset18 as op
 
-from depthscale.window_attention import SUB_BLOCKS
+from depthscale.window_attention import CAUSAL_CHUNKS, CHUNKED_FROM, SUB_BLOCKS
 
 DOMAIN = "depthscale"
 DOMAIN_VERSION = 1
@@ -83,8 +83,10 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
     rows = op.Shape(W, start=0, end=1)
     flat = op.Reshape(codes, op.Concat(rows, op.Constant(value_ints=[-1]), axis=0))
     n_in = op.Reshape(op.Constant(value_int=in_features), op.Constant(value_ints=[1]))
-    codes_in = op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=7)
-    w_t = op.Cast(op.Transpose(op.Sub(codes_in, op.Constant(value_int=1)), perm=[1, 0]), to=3)
+    # (every intermediate stays 1 byte per weight: folding through a wider type cost ORT ~0.6 GB of
+    # resident memory on the reference model)
+    codes_in = op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=3)
+    w_t = op.Transpose(op.Sub(codes_in, op.Cast(op.Constant(value_int=1), to=3)), perm=[1, 0])
     # quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127)
     amax = op.Max(op.ReduceMax(op.Abs(X), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
     s = op.Mul(op.Reciprocal(amax), op.Constant(value_float=127.0))
@@ -106,6 +108,25 @@ def GatedBitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
 
 
 @script(_ds, default_opset=op)
+def CausalChunk(Q: DOUBLE, K: DOUBLE, V: DOUBLE, start: INT64, end: INT64) -> DOUBLE:
+    """Queries start..end-1 of causal attention against keys 0..end-1 (float64, heads expanded);
+    depthscale.window_attention._softmax_attend on one chunk. start, end int64 [1]."""
+    zero = op.Constant(value_ints=[0])
+    two = op.Constant(value_ints=[2])
+    scale = op.Reciprocal(op.Sqrt(op.Cast(op.Shape(Q, start=3, end=4), to=11)))
+    q = op.Slice(Q, start, end, two)
+    k = op.Slice(K, zero, end, two)
+    v = op.Slice(V, zero, end, two)
+    step = op.Constant(value_int=1)
+    qpos = op.Unsqueeze(op.Range(op.Squeeze(start, zero), op.Squeeze(end, zero), step), [1])
+    kpos = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(end, zero), step), [0])
+    bias = op.Where(op.LessOrEqual(kpos, qpos), op.Cast(op.Constant(value_float=0.0), to=11),
+                    op.Cast(op.Constant(value_float=float("-inf")), to=11))
+    scores = op.Add(op.MatMul(op.Mul(q, scale), op.Transpose(k, perm=[0, 1, 3, 2])), bias)
+    return op.MatMul(op.Softmax(scores, axis=-1), v)
+
+
+@script(_ds, default_opset=op)
 def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
@@ -123,17 +144,27 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     qshape = op.Concat(B, H, n, D, axis=0)
     K = op.Reshape(op.Expand(op.Unsqueeze(K, [2]), kv5), qshape)
     V = op.Reshape(op.Expand(op.Unsqueeze(V, [2]), kv5), qshape)
-    scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
-    neg_inf = op.Cast(op.Constant(value_float=float("-inf")), to=11)
-    zero_d = op.Cast(op.Constant(value_float=0.0), to=11)
     w = op.Reshape(op.Constant(value_int=window), one)
-    n0 = op.Squeeze(n, zero)
     if op.Squeeze(op.GreaterOrEqual(w, n), zero):
-        # full causal attention: key j <= query i
-        pos = op.Range(op.Constant(value_int=0), n0, op.Constant(value_int=1))
-        causal = op.LessOrEqual(op.Unsqueeze(pos, [0]), op.Unsqueeze(pos, [1]))
-        scores = op.Add(op.MatMul(op.Mul(Q, scale), op.Transpose(K, perm=[0, 1, 3, 2])), op.Where(causal, zero_d, neg_inf))
-        out = op.MatMul(op.Softmax(scores, axis=-1), V)
+        # full causal attention: in one block, or in CAUSAL_CHUNKS query chunks from CHUNKED_FROM on
+        if op.Squeeze(op.Less(n, op.Constant(value_ints=[CHUNKED_FROM])), zero):
+            out = CausalChunk(Q, K, V, zero, n)
+        else:
+            c = op.Div(op.Add(n, op.Constant(value_ints=[CAUSAL_CHUNKS - 1])), op.Constant(value_ints=[CAUSAL_CHUNKS]))
+            out = op.Concat(CausalChunk(Q, K, V, zero, c),
+                            CausalChunk(Q, K, V, c, op.Min(op.Mul(c, op.Constant(value_ints=[2])), n)),
+                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[2])),
+                                        op.Min(op.Mul(c, op.Constant(value_ints=[3])), n)),
+                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[3])),
+                                        op.Min(op.Mul(c, op.Constant(value_ints=[4])), n)),
+                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[4])),
+                                        op.Min(op.Mul(c, op.Constant(value_ints=[5])), n)),
+                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[5])),
+                                        op.Min(op.Mul(c, op.Constant(value_ints=[6])), n)),
+                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[6])),
+                                        op.Min(op.Mul(c, op.Constant(value_ints=[7])), n)),
+                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[7])), n),
+                            axis=2)
     else:
         # blocks of b = ceil(window / R) queries, each against its own and the R previous blocks
         R = op.Constant(value_ints=[SUB_BLOCKS])
@@ -152,8 +183,11 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
         kbshape = op.Concat(B, H, nb, op.Mul(R1, b), D, axis=0)
         kb = op.Reshape(op.Gather(op.Reshape(op.Pad(K, kvp_pads), blocks), idx, axis=2), kbshape)
         vb = op.Reshape(op.Gather(op.Reshape(op.Pad(V, kvp_pads), blocks), idx, axis=2), kbshape)
-        # query blk*b + i, key (blk - R)*b + j; allowed iff 0 <= i - j + R·b < window and key >= 0
-        b0 = op.Squeeze(b, zero)
+        # query blk*b + i, key (blk - R)*b + j; allowed iff 0 <= i - j + R·b < window and key >= 0.
+        # min(b, n) is b here (b <= window < n) but depends on n, so ONNX Runtime does not fold the mask
+        # into a constant: for the cross-decoder's window (max_seq_len), whose calls all take the branch
+        # above, that constant would be [window/2, 3·window/2] and cost ~0.5 GB while being folded.
+        b0 = op.Squeeze(op.Min(b, n), zero)
         R0 = op.Squeeze(R, zero)
         i = op.Unsqueeze(op.Range(op.Constant(value_int=0), b0, op.Constant(value_int=1)), [1])
         j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Mul(b0, op.Add(R0, op.Constant(value_int=1))),
@@ -163,23 +197,28 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
         blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), nb0, op.Constant(value_int=1)), [1, 2])
         key_exists = op.GreaterOrEqual(op.Unsqueeze(j, [0]), op.Mul(op.Sub(R0, blk), b0))
         allowed = op.And(op.Unsqueeze(in_window, [0]), key_exists)
-        scores = op.Add(op.MatMul(op.Mul(qb, scale), op.Transpose(kb, perm=[0, 1, 2, 4, 3])),
-                        op.Where(allowed, zero_d, neg_inf))
+        scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
+        bias = op.Where(allowed, op.Cast(op.Constant(value_float=0.0), to=11),
+                        op.Cast(op.Constant(value_float=float("-inf")), to=11))
+        scores = op.Add(op.MatMul(op.Mul(qb, scale), op.Transpose(kb, perm=[0, 1, 2, 4, 3])), bias)
         probs = op.Softmax(scores, axis=-1)
         out = op.Slice(op.Reshape(op.MatMul(probs, vb), op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
     return op.Cast(out, to=1)
 
 
-FUNCTIONS = (BitLinear, GatedBitLinear, WindowAttention)
+FUNCTIONS = (BitLinear, GatedBitLinear, WindowAttention, CausalChunk)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:
-    """The function bodies, with their default-domain import set to the model's opset."""
+    """The function bodies, with their default-domain import set to the model's opset and our domain
+    imported (onnxscript leaves it out when a body calls our functions only inside If branches)."""
     protos = []
     for fn in FUNCTIONS:
         proto = fn.to_function_proto()
         for imp in proto.opset_import:
             if imp.domain == "":
                 imp.version = opset
+        if DOMAIN not in {imp.domain for imp in proto.opset_import}:
+            proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         protos.append(proto)
     return protos

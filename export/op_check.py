@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper
 
 from depthscale.bitlinear import pack_ternary, ternarize
-from depthscale.window_attention import window_attention_op
+from depthscale.window_attention import CHUNKED_FROM, window_attention_op
 
 from .onnx_ops import DOMAIN, DOMAIN_VERSION, PLUGIN_ATTRS, function_protos
 
@@ -82,5 +82,5 @@ def check_ops(opset: int, seed: int = 0) -> list[dict]:
                (((2, 5), 37, 11), ((1, 1), 64, 128), ((3, 33), 128, 64))]
     results += [check_bitlinear(rng, opset, bs, i, o, gated=True) for bs, i, o in (((2, 5), 37, 11), ((3, 33), 96, 64))]
     results += [check_window_attention(rng, opset, n=n, window=w, Hkv=hkv) for n, w, hkv in
-                ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2))]
+                ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2), (CHUNKED_FROM + 37, 4096, 2))]
     return results

@@ -18,12 +18,13 @@ TRT_DTYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Tens
 ONNX_OP_NAMES = {s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")}
 
 
-def _graph_nodes(graph: onnx.GraphProto):
+def graph_nodes(graph: onnx.GraphProto):
+    """Every node of an ONNX graph, subgraphs (Loop and If bodies) included."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_nodes(attr.g)
+                yield from graph_nodes(attr.g)
 
 
 def _graph_values(graph: onnx.GraphProto):
@@ -40,7 +41,7 @@ def _dims(value: onnx.ValueInfoProto) -> list:
 
 def check_tensorrt_readiness(model: onnx.ModelProto, max_iters_cap: int) -> dict:
     """Returns {"passed": bool, "checks": [{"check", "passed", "problems": [...]}, ...]}."""
-    nodes = list(_graph_nodes(model.graph))
+    nodes = list(graph_nodes(model.graph))
     checks = []
 
     def record(name, problems):

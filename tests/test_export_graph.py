@@ -47,7 +47,7 @@ def test_one_loop_custom_nodes_functions_and_checker(demo_onnx):
     for n in custom:
         attrs = {a.name: a for a in n.attribute}
         assert attrs["plugin_namespace"].s == b"depthscale" and attrs["plugin_version"].s == b"1"
-    assert {f.name for f in model.functions} == {"BitLinear", "GatedBitLinear", "WindowAttention"}
+    assert {f.name for f in model.functions} == {"BitLinear", "GatedBitLinear", "WindowAttention", "CausalChunk"}
     assert all(f.domain == DOMAIN for f in model.functions)
     (loop,) = [n for n in nodes if n.op_type == "Loop"]
     body = next(a.g for a in loop.attribute if a.name == "body")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from depthscale.window_attention import band_mask, blocked_window_attention, window_attention
+from depthscale.window_attention import CHUNKED_FROM, band_mask, blocked_window_attention, window_attention
 
 
 def masked_full_attention(q, k, v, window):
@@ -21,6 +21,15 @@ def test_blocked_equals_full_attention_with_band_mask(n, window):
     out = blocked_window_attention(q, k, v, window)
     assert out.shape == q.shape
     torch.testing.assert_close(out, masked_full_attention(q, k, v, window), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [CHUNKED_FROM - 1, CHUNKED_FROM, 300, 2 * CHUNKED_FROM + 1])
+def test_full_window_causal_chunks_equal_masked_full_attention(n):
+    """window >= n: one [n, n] block below CHUNKED_FROM positions, causal query chunks from there on."""
+    torch.manual_seed(n)
+    q, k, v = torch.randn(1, 4, n, 8), torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8)
+    torch.testing.assert_close(blocked_window_attention(q, k, v, 4096), masked_full_attention(q, k, v, 4096),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_window_one_is_identity_on_values():

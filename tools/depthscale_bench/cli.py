@@ -57,7 +57,8 @@ def run(plan, out: Path, command: str, log) -> dict:
         full.load_state_dict(ref.state_dict())
         full_art = ws.artifact("reference-full-attention", ws.checkpoint("reference-full-attention", full),
                                plan.seq_iters)
-        unrolled_onnx = ws.unrolled("reference-unrolled", ref, plan.unroll_steps)
+        loop_onnx = ws.graph("reference-loop", ref, plan.unroll_steps, unroll=False)
+        unrolled_onnx = ws.graph("reference-unrolled", ref, plan.unroll_steps, unroll=True)
         demo = demo_model()
         demo_art = ws.artifact("demo", demo_checkpoint(), max(*plan.iters, demo.config.max_iters))
         ref_packed, demo_packed = copy.deepcopy(ref).packed(), copy.deepcopy(demo).packed()
@@ -67,15 +68,15 @@ def run(plan, out: Path, command: str, log) -> dict:
                                             "weights": "random, seed 0"},
                               "demo": {"config": demo.config.to_dict(), "parameters": demo.num_parameters(),
                                        "weights": "trained (depthscale/data/demo.pt)"}},
-                   "exports": {e.name: {"seconds": e.seconds} for e in (ref_art, ref_small, full_art, unrolled_onnx,
-                                                                         demo_art)}}
+                   "exports": {e.name: {"seconds": e.seconds} for e in (ref_art, ref_small, full_art, loop_onnx,
+                                                                         unrolled_onnx, demo_art)}}
         results["size"] = size.run({plan.size_caps[0]: ref_small.path, cap: ref_art.path}, ref_ckpt)
         results["machine_limit"] = machine_limit.run(ref_packed, ref_art.path, plan, Path(tmp), log)
         results["latency"] = latency.run([("reference", ref_packed, ref_art.path), ("demo", demo_packed, demo_art.path)],
                                          plan, log)
         results["depth"] = depth.run(ref_ckpt, ref_art.path, plan, log)
         results["sequence"] = sequence.run(ref_art.path, full_art.path, ref.config.vocab_size, plan, log)
-        results["unrolled"] = unrolled.run(ref_art, unrolled_onnx, plan.unroll_steps, ref.config.vocab_size, plan, log)
+        results["unrolled"] = unrolled.run(loop_onnx, unrolled_onnx, plan.unroll_steps, ref.config.vocab_size, plan, log)
         results["early_exit"] = early_exit.run(demo_art.path, demo.config, plan, log)
     results["targets"] = report.targets(results)
     results["meta"] = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

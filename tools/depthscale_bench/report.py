@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -126,70 +127,60 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_latency(results: dict, path: Path) -> None:
-    rows = [r for r in results["latency"] if "skipped" not in r]
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    labels = [f"{r['model'][:4]} b{r['batch']} s{r['seq']} T{r['max_iters']} {r['threads']}t" for r in rows]
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["eager_median_s"] * 1e3 for r in rows], width=0.4, label="eager PyTorch")
-    ax.bar([i + 0.2 for i in x], [r["ort_median_s"] * 1e3 for r in rows], width=0.4, label="ONNX Runtime")
-    ax.set_yscale("log")
-    ax.set_ylabel("median latency (ms, log)")
-    ax.set_xticks(list(x), labels, rotation=70, ha="right", fontsize=7)
-    ax.set_title("a. Latency, eager against ONNX Runtime (CPU)")
-    ax.legend()
+@contextmanager
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, size=(5, 3.5)):
+    """Yields the axes of a new figure; saves it as PNG to `path` with title and labels."""
+    fig, ax = plt.subplots(figsize=size)
+    yield ax
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_latency(results: dict, path: Path) -> None:
+    rows = [r for r in results["latency"] if "skipped" not in r]
+    with _figure(path, "a. Latency, eager against ONNX Runtime (CPU)", "", "median latency (ms, log)",
+                 size=(11, 4.5)) as ax:
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [r["eager_median_s"] * 1e3 for r in rows], width=0.4, label="eager PyTorch")
+        ax.bar([i + 0.2 for i in x], [r["ort_median_s"] * 1e3 for r in rows], width=0.4, label="ONNX Runtime")
+        ax.set_yscale("log")
+        ax.set_xticks(list(x), [f"{r['model'][:4]} b{r['batch']} s{r['seq']} T{r['max_iters']} {r['threads']}t"
+                                for r in rows], rotation=70, ha="right", fontsize=7)
 
 
 def plot_depth(results: dict, path: Path) -> None:
     d = results["depth"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for backend in ("eager", "onnxruntime"):
-        rows = [r for r in d["rows"] if r["backend"] == backend]
-        ax.plot([r["max_iters"] for r in rows], [r["peak_rss_mib"] for r in rows], "o-", label=backend)
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("T (iterations)")
-    ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title("b. Memory is flat in depth")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, "b. Memory is flat in depth", "T (iterations)", "peak RSS (MiB)") as ax:
+        for backend in ("eager", "onnxruntime"):
+            rows = [r for r in d["rows"] if r["backend"] == backend]
+            ax.plot([r["max_iters"] for r in rows], [r["peak_rss_mib"] for r in rows], "o-", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
 
 
 def plot_sequence(results: dict, path: Path) -> None:
     s = results["sequence"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    seqs = [r["seq"] for r in s["rows"]]
-    ax.loglog(seqs, [r["window_median_s"] for r in s["rows"]], "o-", base=2,
-              label=f"window attention (slope {s['window_slope']:.2f})")
-    ax.loglog(seqs, [r["full_median_s"] for r in s["rows"]], "s-", base=2,
-              label=f"full attention (slope {s['full_slope']:.2f})")
-    ax.set_xlabel("sequence length")
-    ax.set_ylabel("ORT latency (s)")
-    ax.set_title(f"c. Latency against length (T {s['max_iters']})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, f"c. Latency against length (T {s['max_iters']})", "sequence length",
+                 "ORT latency (s)") as ax:
+        seqs = [r["seq"] for r in s["rows"]]
+        ax.loglog(seqs, [r["window_median_s"] for r in s["rows"]], "o-", base=2,
+                  label=f"window attention (slope {s['window_slope']:.2f})")
+        ax.loglog(seqs, [r["full_median_s"] for r in s["rows"]], "s-", base=2,
+                  label=f"full attention (slope {s['full_slope']:.2f})")
 
 
 def plot_early_exit(results: dict, path: Path) -> None:
     e = results["early_exit"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     tols = [max(r["tol"], 1e-4) for r in e["rows"]]
-    ax.semilogx(tols, [r["mean_exit_iteration"] for r in e["rows"]], "o-", label="mean exit iteration")
-    ax.set_xlabel("tol (tol 0 drawn at 1e-4)")
-    ax.set_ylabel("mean exit iteration")
-    ax2 = ax.twinx()
-    ax2.semilogx(tols, [r["accuracy"] for r in e["rows"]], "s--", color="C1", label="accuracy")
-    ax2.set_ylabel("accuracy")
-    ax2.set_ylim(0, 1.02)
-    ax.set_title(f"f. Early exit on the demo ({e['task']})")
-    fig.legend(loc="lower left", bbox_to_anchor=(0.15, 0.2))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, f"f. Early exit on the demo ({e['task']})", "tol (tol 0 drawn at 1e-4)",
+                 "mean exit iteration") as ax:
+        ax.semilogx(tols, [r["mean_exit_iteration"] for r in e["rows"]], "o-", label="mean exit iteration")
+        ax2 = ax.twinx()
+        ax2.semilogx(tols, [r["accuracy"] for r in e["rows"]], "s--", color="C1", label="accuracy")
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1.02)

@@ -10,16 +10,12 @@ and the process's peak (VmHWM) after one run at tol 0 (every token runs all T it
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-
-def status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from depthscale_bench.timing import peak_rss_mib, rss_mib  # noqa: E402  (stdlib only: no torch)
 
 
 def main() -> None:
@@ -44,10 +40,10 @@ def main() -> None:
         def run(ids):
             rt.run(ids, iters, 0.0)
     ids = np.random.default_rng(0).integers(0, vocab, (batch, seq), dtype=np.int64)
-    after_load = status_mib("VmRSS")
+    after_load = rss_mib()
     start = time.perf_counter()
     run(ids)
-    print(json.dumps({"rss_after_load_mib": after_load, "peak_rss_mib": status_mib("VmHWM"),
+    print(json.dumps({"rss_after_load_mib": after_load, "peak_rss_mib": peak_rss_mib(),
                       "run_s": time.perf_counter() - start, "torch_imported": "torch" in sys.modules}))
 
 

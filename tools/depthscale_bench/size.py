@@ -9,16 +9,9 @@ import onnx
 from onnx import numpy_helper
 
 from depthscale_export.onnx_ops import DOMAIN
+from depthscale_export.trt_readiness import graph_nodes
 
 BITLINEAR_OPS = ("BitLinear", "GatedBitLinear")
-
-
-def _nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
 
 
 def bitlinear_bits(onnx_path: Path) -> dict:
@@ -28,7 +21,7 @@ def bitlinear_bits(onnx_path: Path) -> dict:
     inits = {i.name: i for i in model.graph.initializer}
     weights = payload = scales = 0
     seen = set()
-    for node in _nodes(model.graph):
+    for node in graph_nodes(model.graph):
         if node.domain != DOMAIN or node.op_type not in BITLINEAR_OPS or node.input[1] in seen:
             continue
         seen.add(node.input[1])
