@@ -12,30 +12,19 @@ from pathlib import Path
 from typing import Callable
 
 
-LONG_ROUND_S = 5.0       # a warm-up round this long is kept as the first repetition
-
-
 def interleaved(calls: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
                 budget_s: float | None = None) -> dict[str, dict]:
     """Time each callable `reps` times, one repetition of each in turn (the order rotating every
     round, so that no callable always runs first), after `warmup` untimed rounds. With budget_s, stops
-    adding rounds past 3 once the rounds so far took budget_s. When the (last) warm-up round took
-    LONG_ROUND_S or more, it counts as the first repetition: the first call's setup cost is small
-    against such calls, and they are what makes the bench long.
+    adding rounds past 3 once the timed rounds so far took budget_s.
     Returns {name: {"median_s", "min_s", "times_s"}}."""
     names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(warmup):
         for name in names:
-            t0 = time.perf_counter()
             calls[name]()
-            times[name].append(time.perf_counter() - t0)
-    if not warmup or sum(t[-1] for t in times.values()) < LONG_ROUND_S:
-        times = {name: [] for name in names}
-    else:
-        times = {name: t[-1:] for name, t in times.items()}
+    times: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
-    for r in range(len(next(iter(times.values()))), reps):
+    for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             t0 = time.perf_counter()
