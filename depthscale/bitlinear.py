@@ -84,8 +84,10 @@ def bitlinear_int(x: torch.Tensor, w_t: torch.Tensor, gamma: torch.Tensor) -> to
 
 @torch.library.custom_op("depthscale::bitlinear", mutates_args=())
 def bitlinear_op(x: torch.Tensor, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int) -> torch.Tensor:
-    """Packed BitLinear: x float32 [..., in], w_packed uint8 [out, ceil(in/4)], γ float32 [] -> [..., out]."""
-    return bitlinear_int(x, unpack_ternary(w_packed, in_features), gamma)
+    """Packed BitLinear: x [..., in] float32, float16 or bfloat16, w_packed uint8 [out, ceil(in/4)], γ float32 []
+    -> [..., out] in x's dtype. Computed in float32 whatever x's dtype (a half-precision model rounds only
+    the result)."""
+    return bitlinear_int(x.float(), unpack_ternary(w_packed, in_features), gamma).to(x.dtype)
 
 
 @bitlinear_op.register_fake
@@ -95,8 +97,9 @@ def _(x, w_packed, gamma, in_features):
 
 @torch.library.custom_op("depthscale::gated_bitlinear", mutates_args=())
 def gated_bitlinear_op(x: torch.Tensor, w_packed: torch.Tensor, gamma: torch.Tensor, in_features: int) -> torch.Tensor:
-    """BitLinear over swiglu(x): x float32 [..., 2·in] -> [..., out] (the FFN's down projection)."""
-    return bitlinear_int(swiglu(x), unpack_ternary(w_packed, in_features), gamma)
+    """BitLinear over swiglu(x): x [..., 2·in] -> [..., out] (the FFN's down projection); dtypes and float32
+    inside as bitlinear_op."""
+    return bitlinear_int(swiglu(x.float()), unpack_ternary(w_packed, in_features), gamma).to(x.dtype)
 
 
 @gated_bitlinear_op.register_fake

@@ -21,12 +21,15 @@ import torch
 import torch.nn as nn
 from torch._higher_order_ops import while_loop
 
-from .bitlinear import BitLinear, make_linear
+from .bitlinear import BitLinear, PackedBitLinear, make_linear
 from .config import DepthScaleConfig
 from .exact_math import exact_sqrt, tree_sum
 from .retention import GatedRetention
 from .rope import apply_rope, rope_tables
 from .window_attention import window_attention
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class RMSNorm(nn.Module):
@@ -121,7 +124,7 @@ class RecurrentState:
 
     e [B, n, d] prelude output, injected every step; s [B, n, d] hidden state;
     done [B, n] bool; iterations [B, n] int64 (each token's exit iteration, or t while running);
-    delta [B, n] float32, the last step's δ (inf before the first step); t, steps taken;
+    delta [B, n] activation dtype, the last step's δ (inf before the first step); t, steps taken;
     rope, the (cos, sin) tables [n, dh/2].
     """
 
@@ -136,7 +139,7 @@ class RecurrentState:
 
 @dataclass
 class DepthScaleOutput:
-    logits: torch.Tensor       # [B, N, V] float32, at real-token positions
+    logits: torch.Tensor       # [B, N, V] activation dtype (float32 unless to_precision), at real-token positions
     iterations: torch.Tensor   # [B, N] int64, each token's exit iteration
 
 
@@ -188,7 +191,7 @@ class DepthScaleModel(nn.Module):
             e=x, s=torch.zeros_like(x),
             done=torch.zeros(B, n, dtype=torch.bool, device=x.device),
             iterations=torch.zeros(B, n, dtype=torch.int64, device=x.device),
-            delta=torch.full((B, n), float("inf"), device=x.device),
+            delta=torch.full((B, n), float("inf"), dtype=x.dtype, device=x.device),
             t=0, rope=rope)
 
     def step(self, state: RecurrentState, tol: float | None = None) -> RecurrentState:
@@ -294,6 +297,24 @@ class DepthScaleModel(nn.Module):
                 if isinstance(child, BitLinear):
                     setattr(module, name, child.packed())
         return self.eval()
+
+    def to_precision(self, precision: str) -> "DepthScaleModel":
+        """This packed model in place with its float tensors in `precision` ("fp32", "fp16" or "bf16"):
+        embeddings, norms, RoPE tables, head, and so every activation between ops. BitLinear scales γ
+        stay float32, and the custom ops compute inside as in float32 (attention in float64), rounding
+        only their results to the activation dtype."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        scales = {m: m.gamma for m in self.modules() if isinstance(m, PackedBitLinear)}
+        self.to(PRECISIONS[precision])
+        for module, gamma in scales.items():
+            module.gamma = gamma
+        return self
+
+    @property
+    def precision(self) -> str:
+        """"fp32", "fp16" or "bf16": the dtype of the model's activations."""
+        return {v: k for k, v in PRECISIONS.items()}[self.embed.weight.dtype]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

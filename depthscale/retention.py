@@ -47,4 +47,4 @@ class GatedRetention(nn.Module):
         o = torch.matmul(torch.matmul(q, k.transpose(-1, -2)) * log_decay.exp(), v)  # [B, H, n, dh]
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.eps)             # per-head norm
         o = o.transpose(1, 2).reshape(B, n, d) * F.silu(self.gate(x).double())
-        return self.out(o.float())
+        return self.out(o.to(x.dtype))

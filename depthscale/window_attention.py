@@ -53,8 +53,10 @@ def _softmax_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: 
 
 
 def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """q [B, H, n, D], k/v [B, Hkv, n, D] float32 (H divisible by Hkv) -> [B, H, n, D] float32."""
+    """q [B, H, n, D], k/v [B, Hkv, n, D] (H divisible by Hkv), float32, float16 or bfloat16 -> [B, H, n, D]
+    in q's dtype."""
     B, H, n, D = q.shape
+    dtype = q.dtype
     q, k, v = q.double(), k.double(), v.double()
     group = H // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
@@ -62,14 +64,14 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if window >= n:                                                # full causal attention
         pos = torch.arange(n, device=q.device)
         if n < CHUNKED_FROM:
-            return _softmax_attend(q, k, v, pos[None, :] <= pos[:, None]).float()
+            return _softmax_attend(q, k, v, pos[None, :] <= pos[:, None]).to(dtype)
         c = -(-n // CAUSAL_CHUNKS)                                  # chunk size; every chunk is non-empty
         chunks = []
         for i in range(CAUSAL_CHUNKS):
             end = min((i + 1) * c, n)                              # chunk i: queries i·c..end-1, keys 0..end-1
             allowed = pos[None, :end] <= pos[i * c:end, None]
             chunks.append(_softmax_attend(q[:, :, i * c:end], k[:, :, :end], v[:, :, :end], allowed))
-        return torch.cat(chunks, dim=2).float()
+        return torch.cat(chunks, dim=2).to(dtype)
     R = SUB_BLOCKS
     b = -(-window // R)                                            # block size
     nb = -(-n // b)                                                # number of blocks
@@ -87,7 +89,7 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     blk = torch.arange(nb, device=q.device)[:, None, None]
     allowed = ((dist >= 0) & (dist < window))[None] & (j[None] >= (R - blk) * b)   # [nb, b, (R+1)b]
     out = _softmax_attend(qb, kb, vb, allowed)                     # [B, H, nb, b, D]
-    return out.reshape(B, H, nb * b, D)[:, :, :n].float()
+    return out.reshape(B, H, nb * b, D)[:, :, :n].to(dtype)
 
 
 @torch.library.custom_op("depthscale::window_attention", mutates_args=())

@@ -24,6 +24,7 @@ import torch
 
 import depthscale
 from depthscale import DepthScaleModel, load_checkpoint
+from depthscale.model import PRECISIONS
 
 from depthscale.atomic_dir import staging_dir
 
@@ -31,7 +32,7 @@ from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_t
 from .onnx_export import DEFAULT_OPSET, export_graph, finish_graph
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
-from .parity import Sample, Tolerances, make_samples, run_gate
+from .parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
 from .trt_readiness import check_tensorrt_readiness
 
 
@@ -50,7 +51,8 @@ class ExportFailed(Exception):
 class ExportOptions:
     opset: int = DEFAULT_OPSET
     max_iters_cap: int | None = None                     # default: config.max_iters
-    tolerances: Tolerances = field(default_factory=Tolerances)
+    precision: str = "fp32"                              # "fp32" | "fp16" | "bf16": the activations' dtype
+    tolerances: Tolerances | None = None                 # default: DEFAULT_TOLERANCES[precision]
     shapes: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1), (1, 7), (3, 24)])
     iters: list[int] | None = None                       # default: 0, 1, 4 and the cap
     tols: list[float] | None = None                      # default: 0 and config.tol
@@ -123,10 +125,14 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise BadInput(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}] (the function bodies need >= 18; "
                        f"torch.onnx and ONNX Runtime here go to {MAX_OPSET}), got {opts.opset}")
+    if opts.precision not in PRECISIONS:
+        raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    if opts.tolerances is None:
+        opts = replace(opts, tolerances=DEFAULT_TOLERANCES[opts.precision])
     progress = _Progress(opts.quiet)
     model = progress.stage("load", _load, source)
     cfg = model.config
-    model.packed()
+    model.packed().to_precision(opts.precision)
     cap = cfg.max_iters if opts.max_iters_cap is None else opts.max_iters_cap
     if cap < 0:
         raise BadInput(f"max_iters cap must be >= 0, got {cap}")
@@ -155,7 +161,8 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
                          "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
                          "onnx_ir": ir.__version__, "polygraphy": polygraphy.__version__,
                          "python": platform.python_version()},
-            "opset": opts.opset, "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
+            "opset": opts.opset, "precision": opts.precision,
+            "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
             "inputs": [_describe(v) for v in onnx_model.graph.inputs],
             "outputs": [_describe(v) for v in onnx_model.graph.outputs],
             "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
@@ -192,7 +199,7 @@ def _check(onnx_path: Path, cap: int) -> dict:
 
 
 def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:
-    ops = check_ops(opts.opset, opts.seed)
+    ops = check_ops(opts.opset, opts.seed, opts.precision)
     gate = run_gate(model, onnx_path, samples, opts.tolerances, opts.seed)
     ops_passed = all(r["passed"] for r in ops)
     passed = gate["summary"]["passed"] and ops_passed

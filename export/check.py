@@ -23,7 +23,7 @@ def check_artifact(artifact_dir, checkpoint, shapes=((1, 7), (2, 33)), iters=Non
     tolerances it was exported with. Returns a report with "passed". Raises ArtifactError or
     CheckpointError for unusable inputs."""
     artifact = open_artifact(artifact_dir, allow_failed=allow_failed)
-    model = load_checkpoint(checkpoint).packed()
+    model = load_checkpoint(checkpoint).packed().to_precision(artifact.manifest.get("precision", "fp32"))
     if model.config.to_dict() != artifact.config:
         raise ArtifactError(f"{artifact_dir}: its config.json is not {checkpoint}'s config")
     tolerances = Tolerances(**artifact.manifest["parity"]["tolerances"])

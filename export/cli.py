@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .api import BadInput, ExportFailed, ExportOptions, export
-from .parity import Tolerances
+from .parity import DEFAULT_TOLERANCES, Tolerances
 
 EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
 
@@ -44,10 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing artifact")
     p.add_argument("--opset", type=int, default=ExportOptions.opset)
     p.add_argument("--max-iters-cap", type=int, default=None, help="largest T the artifact runs (default: config.max_iters)")
-    d = Tolerances()
-    p.add_argument("--atol", type=float, default=d.atol, help="logits absolute tolerance")
-    p.add_argument("--rtol", type=float, default=d.rtol, help="logits relative tolerance")
-    p.add_argument("--state-atol", type=float, default=d.state_atol, help="per-iteration hidden-state tolerance")
+    p.add_argument("--precision", choices=list(DEFAULT_TOLERANCES), default="fp32",
+                   help="dtype of the activations in the ONNX graph (default fp32); fp16/bf16 for half-precision "
+                        "engines, gated with their own tolerances")
+    d = DEFAULT_TOLERANCES
+    p.add_argument("--atol", type=float, default=None,
+                   help=f"logits absolute tolerance (default {', '.join(f'{k} {t.atol:g}' for k, t in d.items())})")
+    p.add_argument("--rtol", type=float, default=None,
+                   help=f"logits relative tolerance (default {', '.join(f'{k} {t.rtol:g}' for k, t in d.items())})")
+    p.add_argument("--state-atol", type=float, default=None,
+                   help="per-iteration hidden-state tolerance (default "
+                        f"{', '.join(f'{k} {t.state_atol:g}' for k, t in d.items())})")
     p.add_argument("--shapes", type=_shapes, default=None, help="parity input shapes BxN,... (default 1x1,1x7,3x24)")
     p.add_argument("--iters", type=_ints, default=None, help="parity iteration budgets (default 0,1,4,cap)")
     p.add_argument("--tols", type=_floats, default=None, help="parity exit tolerances (default 0,config.tol)")
@@ -66,8 +73,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     model = Path(args.model)
     out = Path(args.out) if args.out else model.with_name(f"{model.stem}-onnx")
+    defaults = DEFAULT_TOLERANCES[args.precision]
+    tolerances = Tolerances(*(default if given is None else given for given, default in
+                              ((args.atol, defaults.atol), (args.rtol, defaults.rtol),
+                               (args.state_atol, defaults.state_atol))))
     opts = ExportOptions(opset=args.opset, max_iters_cap=args.max_iters_cap, seed=args.seed, force=args.force,
-                         tolerances=Tolerances(args.atol, args.rtol, args.state_atol), iters=args.iters,
+                         precision=args.precision, tolerances=tolerances, iters=args.iters,
                          tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:
         opts.shapes = args.shapes

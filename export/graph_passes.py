@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import onnx_ir as ir
 
 from .onnx_ops import DOMAIN, DOMAIN_VERSION, function_protos
@@ -73,11 +75,60 @@ def rename_dims(model: ir.Model, names: dict[str, str]) -> None:
 
 
 def expose_loop_state(model: ir.Model, name: str = "state") -> None:
-    """Add the recursion's final hidden state s_T (the Loop's first float carried output) as a graph
-    output. For the per-iteration parity check: run with max_iters = t to read s_t."""
+    """Add the recursion's final hidden state s_T (the Loop's first float carried output), as float32,
+    as a graph output. For the per-iteration parity check: run with max_iters = t to read s_t."""
     (loop,) = [n for n in model.graph if n.op_type == "Loop"]
-    carried = [v for v in loop.outputs if v.dtype == ir.DataType.FLOAT and v.shape is not None
+    floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    carried = [v for v in loop.outputs if v.dtype in floats and v.shape is not None
                and len(v.shape) == 3]
-    state = carried[0]
-    state.name = name
-    model.graph.outputs.append(state)
+    cast = ir.node("Cast", [carried[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{name}_to_float32")
+    cast.outputs[0].name = name
+    cast.outputs[0].dtype = ir.DataType.FLOAT
+    cast.outputs[0].shape = carried[0].shape
+    model.graph.append(cast)
+    model.graph.outputs.append(cast.outputs[0])
+
+
+# ops that only pass half-precision values along (or read their shape), which ONNX Runtime runs for
+# any dtype
+_ANY_DTYPE_OPS = {"Cast", "CastLike", "Identity", "Shape", "Size", "Loop", "If", "Constant"}
+HALF_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def emulate_half(model: ir.Model) -> int:
+    """Rewrite every op that has float16 or bfloat16 operands or results (outside our custom nodes) to
+    compute in float32 between Casts: half -> float32 on each such input, back to its half dtype on
+    each output. That is what eager PyTorch does on CPU for a half-precision op (compute in float32,
+    round the result), while ONNX Runtime's CPU provider has no bfloat16 kernels at all and runs chains
+    of float16 ops in float32 without rounding in between. The parity gate checks the graph through
+    this rewrite; the artifact keeps the real half-precision graph. Returns the number of ops rewritten."""
+    f32 = ir.DataType.FLOAT
+    rewritten = 0
+    fresh = (f"half_emulation_{i}" for i in itertools.count())      # names unique across subgraphs
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type in _ANY_DTYPE_OPS or node.domain == DOMAIN:
+            continue
+        if not any(v is not None and v.dtype in HALF_DTYPES for v in (*node.inputs, *node.outputs)):
+            continue
+        graph = node.graph
+        for i, value in enumerate(node.inputs):
+            if value is not None and value.dtype in HALF_DTYPES:
+                up = ir.node("Cast", [value], attributes={"to": f32})
+                up.outputs[0].dtype, up.outputs[0].name = f32, next(fresh)
+                graph.insert_before(node, up)
+                node.replace_input_with(i, up.outputs[0])
+        for value in node.outputs:
+            if value.dtype not in HALF_DTYPES:
+                continue
+            down = ir.node("Cast", [value], attributes={"to": value.dtype})
+            down.outputs[0].dtype, down.outputs[0].shape, down.outputs[0].name = value.dtype, value.shape, next(fresh)
+            graph.insert_after(node, down)
+            for user, index in list(value.uses()):
+                if user is not down:
+                    user.replace_input_with(index, down.outputs[0])
+            for index, out in enumerate(graph.outputs):
+                if out is value:
+                    graph.outputs[index] = down.outputs[0]
+            value.dtype = f32
+        rewritten += 1
+    return rewritten

@@ -24,7 +24,8 @@ DEFAULT_OPSET = 18
 
 
 class ExportWrapper(torch.nn.Module):
-    """The ONNX interface over a packed model: max_iters is clamped to [0, cap]."""
+    """The ONNX interface over a packed model: max_iters is clamped to [0, cap]; logits are float32
+    whatever the model's precision."""
 
     def __init__(self, model: DepthScaleModel, cap: int):
         super().__init__()
@@ -32,7 +33,7 @@ class ExportWrapper(torch.nn.Module):
 
     def forward(self, input_ids, max_iters, tol):
         out = self.model(input_ids, torch.clamp(max_iters, 0, self.cap), tol)
-        return out.logits, out.iterations
+        return out.logits.float(), out.iterations
 
 
 def export_onnx(model: DepthScaleModel, cap: int, opset: int = DEFAULT_OPSET) -> ir.Model:

@@ -5,7 +5,10 @@ plugin_namespace="depthscale" and plugin_version="1" so TensorRT can match a plu
 carries a local function of standard ops with the same name that ONNX Runtime inlines.
 
 The function bodies mirror the eager code in depthscale.bitlinear and depthscale.window_attention op
-for op: BitLinear bit-exactly (its matmul is over integers), WindowAttention (float64 inside, like eager) to the last float32 bit in all but rare cases.
+for op: BitLinear bit-exactly (its matmul is over integers), WindowAttention (float64 inside, like
+eager) to the last float32 bit in all but rare cases. X, Q, K, V and Y are float32, float16 or
+bfloat16 (the model's precision); the bodies compute in float32 (float64 for attention) and round only
+Y to that dtype, as the eager ops do. γ is always float32.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ def _schema(name: str, inputs: list[tuple[str, str]], attr: str, doc: str) -> Op
              OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "")]
     return OpSchema(name, DOMAIN, DOMAIN_VERSION, doc=doc,
                     inputs=[FP(n, t) for n, t in inputs], outputs=[FP("Y", "T")],
-                    type_constraints=[("T", ["tensor(float)"], ""), ("U", ["tensor(uint8)"], "")],
+                    type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+                                      ("U", ["tensor(uint8)"], ""), ("F", ["tensor(float)"], "")],
                     attributes=attrs)
 
 
-BITLINEAR_SCHEMA = _schema("BitLinear", [("X", "T"), ("W", "U"), ("G", "T")], "in_features",
+BITLINEAR_SCHEMA = _schema("BitLinear", [("X", "T"), ("W", "U"), ("G", "F")], "in_features",
                            "y = (x_q · W_tᵀ) · γ / s; W 2-bit packed ternary [out, ceil(in/4)], γ [] float")
-GATED_BITLINEAR_SCHEMA = _schema("GatedBitLinear", [("X", "T"), ("W", "U"), ("G", "T")], "in_features",
+GATED_BITLINEAR_SCHEMA = _schema("GatedBitLinear", [("X", "T"), ("W", "U"), ("G", "F")], "in_features",
                                  "BitLinear(silu(a) · b) for X = [a, b] [..., 2·in]; the FFN down projection")
 WINDOW_ATTENTION_SCHEMA = _schema("WindowAttention", [("Q", "T"), ("K", "T"), ("V", "T")], "window",
                                   "causal sliding-window attention, Q [B,H,n,D], K/V [B,Hkv,n,D]")
@@ -87,24 +91,26 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
     # resident memory on the reference model)
     codes_in = op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=3)
     w_t = op.Transpose(op.Sub(codes_in, op.Cast(op.Constant(value_int=1), to=3)), perm=[1, 0])
-    # quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127)
-    amax = op.Max(op.ReduceMax(op.Abs(X), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
+    # quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127),
+    # in float32 whatever X's dtype (the Cast is a no-op for a float32 model)
+    x = op.Cast(X, to=1)
+    amax = op.Max(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
     s = op.Mul(op.Reciprocal(amax), op.Constant(value_float=127.0))
-    x_q = op.Clip(op.Round(op.Mul(X, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
+    x_q = op.Clip(op.Round(op.Mul(x, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
     # the integer product x_q · W_tᵀ, exact in int32: x_q + 128 as uint8 with zero point 128, because
     # ONNX Runtime's fast (VNNI) kernels are uint8 x int8
     x_u8 = op.Cast(op.Add(x_q, op.Constant(value_float=128.0)), to=2)
     acc = op.MatMulInteger(x_u8, w_t, op.Cast(op.Constant(value_int=128), to=2))
-    return op.Mul(op.Cast(acc, to=1), op.Div(G, s))
+    return op.CastLike(op.Mul(op.Cast(acc, to=1), op.Div(G, s)), X)
 
 
 @script(_ds, default_opset=op)
 def GatedBitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
     # swiglu, as eager: a · reciprocal(exp(-a) + 1) · b for [a, b] = X, exp through float64
-    a, b = op.Split(X, axis=-1, num_outputs=2)
+    a, b = op.Split(op.Cast(X, to=1), axis=-1, num_outputs=2)
     e = op.Cast(op.Exp(op.Cast(op.Neg(a), to=11)), to=1)
     h = op.Mul(op.Mul(a, op.Reciprocal(op.Add(e, op.Constant(value_float=1.0)))), b)
-    return BitLinear(h, W, G, in_features=in_features)
+    return op.CastLike(BitLinear(h, W, G, in_features=in_features), X)
 
 
 @script(_ds, default_opset=op)
@@ -132,6 +138,7 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     one = op.Constant(value_ints=[1])
     two = op.Constant(value_ints=[2])
     D = op.Shape(Q, start=3, end=4)
+    like = op.Identity(Q)                                   # the result's dtype: the model's precision
     Q = op.Cast(Q, to=11)                                   # float64 inside, as eager
     K = op.Cast(K, to=11)
     V = op.Cast(V, to=11)
@@ -203,7 +210,7 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
         scores = op.Add(op.MatMul(op.Mul(qb, scale), op.Transpose(kb, perm=[0, 1, 2, 4, 3])), bias)
         probs = op.Softmax(scores, axis=-1)
         out = op.Slice(op.Reshape(op.MatMul(probs, vb), op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
-    return op.Cast(out, to=1)
+    return op.CastLike(out, like)
 
 
 FUNCTIONS = (BitLinear, GatedBitLinear, WindowAttention, CausalChunk)

@@ -14,17 +14,31 @@ import torch
 from onnx import TensorProto, helper
 
 from depthscale.bitlinear import pack_ternary, ternarize
+from depthscale.model import PRECISIONS
 from depthscale.window_attention import CHUNKED_FROM, window_attention_op
 
 from .onnx_ops import DOMAIN, DOMAIN_VERSION, PLUGIN_ATTRS, function_protos
 
-FLOAT, UINT8 = TensorProto.FLOAT, TensorProto.UINT8
+FLOAT = TensorProto.FLOAT
+ONNX_DTYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 
 
-def one_node_model(op_type: str, inputs: dict[str, np.ndarray], attrs: dict, opset: int) -> onnx.ModelProto:
-    node = helper.make_node(op_type, list(inputs), ["Y"], domain=DOMAIN, **attrs, **PLUGIN_ATTRS)
+def one_node_model(op_type: str, inputs: dict[str, np.ndarray], attrs: dict, opset: int,
+                   precision: str = "fp32") -> onnx.ModelProto:
+    """One custom node with its functions. Float32 graph inputs and output; the node's float operands
+    (not γ) and its result are in `precision`, through Casts at the graph's edge."""
+    dtype = ONNX_DTYPES[precision]
+    nodes, names = [], []
+    for name, value in inputs.items():
+        if value.dtype == np.float32 and name != "G":
+            nodes.append(helper.make_node("Cast", [name], [name + "_p"], to=dtype))
+            names.append(name + "_p")
+        else:
+            names.append(name)
+    nodes.append(helper.make_node(op_type, names, ["Y_p"], domain=DOMAIN, **attrs, **PLUGIN_ATTRS))
+    nodes.append(helper.make_node("Cast", ["Y_p"], ["Y"], to=FLOAT))
     graph = helper.make_graph(
-        [node], f"{op_type}_check",
+        nodes, f"{op_type}_check",
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), None)
          for k, v in inputs.items()],
         [helper.make_tensor_value_info("Y", FLOAT, None)])
@@ -40,31 +54,39 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return sess.run(None, feeds)[0]
 
 
+def _in_precision(x: np.ndarray, precision: str) -> torch.Tensor:
+    """x rounded to `precision` (a torch tensor of that dtype)."""
+    return torch.from_numpy(x).to(PRECISIONS[precision])
+
+
 def check_bitlinear(rng: np.random.Generator, opset: int, batch_shape=(2, 5), in_f=37, out_f=11,
-                    gated: bool = False) -> dict:
+                    gated: bool = False, precision: str = "fp32") -> dict:
     x_f = 2 * in_f if gated else in_f
-    x = torch.from_numpy(rng.standard_normal((*batch_shape, x_f)).astype(np.float32) * 3)
+    x = _in_precision(rng.standard_normal((*batch_shape, x_f)).astype(np.float32) * 3, precision)
     x[..., 0, :] = 0                                       # an all-zero token exercises the clamp
     w_t, gamma = ternarize(torch.from_numpy(rng.standard_normal((out_f, in_f)).astype(np.float32)))
     packed = pack_ternary(w_t)
     op_type, eager_op = (("GatedBitLinear", torch.ops.depthscale.gated_bitlinear) if gated
                          else ("BitLinear", torch.ops.depthscale.bitlinear))
-    expected = eager_op(x, packed, gamma, in_f).numpy()
-    feeds = {"X": x.numpy(), "W": packed.numpy(), "G": gamma.numpy()}
-    got = _run(one_node_model(op_type, feeds, {"in_features": in_f}, opset), feeds)
-    return _result(op_type, f"x{list(x.shape)} W[{out_f},{in_f}]", got, expected, exact=True)
+    expected = eager_op(x, packed, gamma, in_f).float().numpy()
+    feeds = {"X": x.float().numpy(), "W": packed.numpy(), "G": gamma.numpy()}
+    got = _run(one_node_model(op_type, feeds, {"in_features": in_f}, opset, precision), feeds)
+    return _result(op_type, f"{precision} x{list(x.shape)} W[{out_f},{in_f}]", got, expected, exact=True)
+
+
+# WindowAttention rounds a float64 result once, in both; a rare last-bit difference is one ulp of the dtype
+ATTENTION_ATOL = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1.6e-2}
 
 
 def check_window_attention(rng: np.random.Generator, opset: int, B=2, H=4, Hkv=2, n=19, D=8, window=5,
-                           atol=1e-5) -> dict:
-    q = rng.standard_normal((B, H, n, D)).astype(np.float32)
-    k = rng.standard_normal((B, Hkv, n, D)).astype(np.float32)
-    v = rng.standard_normal((B, Hkv, n, D)).astype(np.float32)
-    expected = window_attention_op(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), window).numpy()
-    feeds = {"Q": q, "K": k, "V": v}
-    got = _run(one_node_model("WindowAttention", feeds, {"window": window}, opset), feeds)
-    return _result("WindowAttention", f"q[{B},{H},{n},{D}] kv heads {Hkv} window {window}", got, expected,
-                   exact=False, atol=atol)
+                           precision: str = "fp32") -> dict:
+    q, k, v = (_in_precision(rng.standard_normal(shape).astype(np.float32), precision)
+               for shape in ((B, H, n, D), (B, Hkv, n, D), (B, Hkv, n, D)))
+    expected = window_attention_op(q, k, v, window).float().numpy()
+    feeds = {"Q": q.float().numpy(), "K": k.float().numpy(), "V": v.float().numpy()}
+    got = _run(one_node_model("WindowAttention", feeds, {"window": window}, opset, precision), feeds)
+    return _result("WindowAttention", f"{precision} q[{B},{H},{n},{D}] kv heads {Hkv} window {window}", got,
+                   expected, exact=False, atol=ATTENTION_ATOL[precision])
 
 
 def _result(op_type, case, got, expected, exact, atol=0.0) -> dict:
@@ -75,12 +97,13 @@ def _result(op_type, case, got, expected, exact, atol=0.0) -> dict:
             "bit_exact": bool(same_shape and np.array_equal(got, expected)), "passed": bool(passed)}
 
 
-def check_ops(opset: int, seed: int = 0) -> list[dict]:
-    """Run every op check; returns one result dict per case."""
+def check_ops(opset: int, seed: int = 0, precision: str = "fp32") -> list[dict]:
+    """Run every op check with the model's precision; returns one result dict per case."""
     rng = np.random.default_rng(seed)
-    results = [check_bitlinear(rng, opset, bs, i, o) for bs, i, o in
+    results = [check_bitlinear(rng, opset, bs, i, o, precision=precision) for bs, i, o in
                (((2, 5), 37, 11), ((1, 1), 64, 128), ((3, 33), 128, 64))]
-    results += [check_bitlinear(rng, opset, bs, i, o, gated=True) for bs, i, o in (((2, 5), 37, 11), ((3, 33), 96, 64))]
-    results += [check_window_attention(rng, opset, n=n, window=w, Hkv=hkv) for n, w, hkv in
+    results += [check_bitlinear(rng, opset, bs, i, o, gated=True, precision=precision)
+                for bs, i, o in (((2, 5), 37, 11), ((3, 33), 96, 64))]
+    results += [check_window_attention(rng, opset, n=n, window=w, Hkv=hkv, precision=precision) for n, w, hkv in
                 ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2), (CHUNKED_FROM + 37, 4096, 2))]
     return results

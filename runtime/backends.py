@@ -42,7 +42,13 @@ class OnnxRuntimeBackend:
         if missing:
             raise BackendUnavailableError(f"onnxruntime providers {missing} are not available here "
                                           f"(available: {available})")
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except ort.capi.onnxruntime_pybind11_state.NotImplemented as e:
+            raise BackendUnavailableError(
+                f"onnxruntime ({', '.join(providers)}) has no kernel for an op of this artifact "
+                f"({str(e).splitlines()[0][:200]}); a bfloat16 artifact runs on TensorRT, or on a provider "
+                f"with bfloat16 kernels") from None
         self.providers = self.session.get_providers()
 
     def run(self, ids, max_iters, tol):

@@ -68,7 +68,9 @@ def test_depth_sequence_unrolled_and_machine_limit_sections(quick):
         assert unrolled[f"unrolled_over_loop_{key}"] > 0
     limit = results["machine_limit"]
     for p in limit["peak_by_threads"].values():
-        assert p["int8_ops_per_s"] > 0 and p["fp32_ops_per_s"] > 0
+        assert len(p["products"]) == len(results["plan"]["products"])
+        assert p["int8_ops_per_s"] == max(r["int8_ops_per_s"] for r in p["products"]) > 0
+        assert p["fp32_ops_per_s"] == max(r["fp32_ops_per_s"] for r in p["products"]) > 0
     assert limit["model"]["bitlinear_ops"] > 0 and limit["model"]["matmulinteger_fraction_of_int8_peak"] > 0
     assert "MatMulInteger" in limit["model"]["time_by_op_s"]
 

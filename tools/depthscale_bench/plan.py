@@ -23,6 +23,7 @@ class Plan:
     size_caps: tuple[int, int]           # T caps of the two exports compared for size
     depth_iters: tuple[int, ...]
     depth_shape: tuple[int, int]
+    depth_reps: int                      # fresh processes per (backend, T); the median counts
     seq_sweep: tuple[int, ...]
     seq_iters: int
     unroll_steps: int
@@ -30,19 +31,21 @@ class Plan:
     early_exit_tols: tuple[float, ...]
     early_exit_batch: int
     early_exit_length: int
-    matmul_size: int
+    early_exit_singles: int              # examples timed one request at a time
+    products: tuple[tuple[int, int, int], ...]     # (m, k, n) of the products the machine's limit is read from
 
 
 FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8), seqs=(128, 512, 2048),
             iters=(4, 16, 64), threads=(1, 2), grid="axes", reps=5, budget_s=20.0, size_caps=(4, 64),
-            depth_iters=(4, 16, 64), depth_shape=(1, 512), seq_sweep=(512, 1024, 2048, 4096), seq_iters=16,
+            depth_iters=(4, 16, 64), depth_shape=(1, 512), depth_reps=3, seq_sweep=(512, 1024, 2048, 4096), seq_iters=16,
             unroll_steps=16, session_reps=3, early_exit_tols=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1),
-            early_exit_batch=256, early_exit_length=24, matmul_size=2048)
+            early_exit_batch=256, early_exit_length=24, early_exit_singles=32,
+            products=((2048, 2048, 2048), (4096, 512, 3072), (4096, 1536, 512)))
 
 QUICK = Plan(name="quick", reference=QUICK_REFERENCE, anchor=(1, 64, 4), batches=(1, 2), seqs=(16, 64),
              iters=(2, 4, 8), threads=(1, 2), grid="axes", reps=1, budget_s=1.0, size_caps=(2, 8),
-             depth_iters=(2, 8), depth_shape=(1, 64), seq_sweep=(32, 64, 128), seq_iters=4, unroll_steps=4,
-             session_reps=1, early_exit_tols=(0.0, 0.003, 0.03), early_exit_batch=16, early_exit_length=12,
-             matmul_size=512)
+             depth_iters=(2, 8), depth_shape=(1, 64), depth_reps=1, seq_sweep=(32, 64, 128), seq_iters=4, unroll_steps=4,
+             session_reps=1, early_exit_tols=(0.0, 0.003, 0.03), early_exit_batch=16, early_exit_length=12, early_exit_singles=4,
+             products=((512, 512, 512), (1024, 64, 256)))
 
 PLANS = {"full": FULL, "quick": QUICK}
