@@ -12,9 +12,9 @@ import sys
 
 import torch
 
-from ..bitlinear import bitlinear_op, pack_ternary, ternarize
+from ..bitlinear import bitlinear_op, gated_bitlinear_op, pack_ternary, ternarize
 from ..window_attention import window_attention_op
-from .bitlinear_triton import bitlinear_triton
+from .bitlinear_triton import bitlinear_fused, bitlinear_triton
 from .window_attention_triton import window_attention_triton
 
 
@@ -27,18 +27,38 @@ def check(device: str, seed: int = 0) -> list[dict]:
         packed = pack_ternary(w_t)
         expected = bitlinear_op(x, packed, gamma, in_f)
         got = bitlinear_triton(x.to(device), packed.to(device), gamma.to(device), in_f).cpu()
-        results.append({"kernel": "bitlinear", "shape": f"x{list(x.shape)} W[{out_f},{in_f}]",
-                        "path": "decode" if x.numel() == in_f else "prefill",
-                        "bit_exact": bool(torch.equal(got, expected)), "max_abs_err": float((got - expected).abs().max()),
-                        "passed": bool(torch.equal(got, expected))})
-    for B, H, Hkv, n, D, window in ((1, 2, 1, 1, 16, 4), (2, 4, 2, 37, 16, 5), (1, 4, 4, 70, 32, 16), (1, 2, 1, 50, 16, 64)):
+        results.append(_exact("bitlinear", f"x{list(x.shape)} W[{out_f},{in_f}]", got, expected,
+                              path="decode" if x.numel() == in_f else "prefill"))
+    # the fused kernel (TensorRT AOT plugins): bfloat16 is left out on CPU, because Triton's interpreter
+    # truncates float32 -> bfloat16 where a GPU rounds to nearest even
+    for lead, in_f, out_f, gated, dtype in (((1,), 64, 96, False, torch.float32), ((3, 17), 70, 40, False, torch.float32),
+                                            ((2, 5), 37, 11, True, torch.float32), ((1, 1), 64, 130, True, torch.float16),
+                                            ((2, 9), 48, 20, False, torch.float16)):
+        x = (torch.randn(*lead, 2 * in_f if gated else in_f, generator=g) * 3).to(dtype)
+        x[..., 0, :] = 0                                   # an all-zero token exercises the clamp
+        w_t, gamma = ternarize(torch.randn(out_f, in_f, generator=g))
+        packed = pack_ternary(w_t)
+        expected = (gated_bitlinear_op if gated else bitlinear_op)(x, packed, gamma, in_f)
+        got = bitlinear_fused(x.to(device), packed.to(device), gamma.to(device), in_f, gated).cpu()
+        results.append(_exact("bitlinear_fused", f"{'gated ' if gated else ''}{str(dtype)[6:]} x{list(x.shape)} "
+                              f"W[{out_f},{in_f}]", got, expected, path="fused"))
+    for B, H, Hkv, n, D, window in ((1, 2, 1, 1, 16, 4), (2, 4, 2, 37, 16, 5), (1, 4, 4, 70, 32, 16), (1, 2, 1, 50, 16, 64),
+                                    (1, 2, 1, 300, 16, 4096)):
         q, k, v = (torch.randn(B, h, n, D, generator=g) for h in (H, Hkv, Hkv))
         expected = window_attention_op(q, k, v, window)
-        got = window_attention_triton(q.to(device), k.to(device), v.to(device), window).cpu()
-        err = float((got - expected).abs().max())
-        results.append({"kernel": "window_attention", "shape": f"q[{B},{H},{n},{D}] kv heads {Hkv} window {window}",
-                        "max_abs_err": err, "tolerance": 1e-4, "passed": err <= 1e-4})
+        shape = f"q[{B},{H},{n},{D}] kv heads {Hkv} window {window}"
+        for f64, tolerance in ((True, 0.0), (False, 1e-5)):
+            got = window_attention_triton(q.to(device), k.to(device), v.to(device), window, f64=f64).cpu()
+            err = float((got - expected).abs().max())
+            results.append({"kernel": "window_attention", "shape": shape, "f64": f64, "max_abs_err": err,
+                            "tolerance": tolerance, "passed": err <= tolerance})
     return results
+
+
+def _exact(kernel: str, shape: str, got: torch.Tensor, expected: torch.Tensor, path: str) -> dict:
+    same = got.dtype == expected.dtype and torch.equal(got, expected)
+    return {"kernel": kernel, "shape": shape, "path": path, "bit_exact": bool(same),
+            "max_abs_err": float((got.float() - expected.float()).abs().max()), "passed": bool(same)}
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,11 @@
 """Sliding-window causal attention in Triton (flash-style online softmax), linear in sequence length.
 
 Each program takes BM queries of one (batch, head) and visits only the key blocks inside
-[first query - window + 1, last query]: O(n · window) work. float32 throughout (the eager op uses
-float64 inside; results agree to float32 rounding, not to the bit).
+[first query - window + 1, last query]: O(n · window) work (O(n²/2) for a full window, the
+cross-decoder's case). F64=True computes in float64 as the eager op does, so results round to the same
+float32 (or half) values in all but rare cases; F64=False is float32 throughout (dot products in IEEE
+float32, not TF32) and agrees to about 1e-6. Arguments in the order a TensorRT AOT plugin passes them:
+inputs, int32 scalars, outputs.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import triton.language as tl
 
 
 @triton.jit
-def window_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, H, HKV, N, window, scale,
-                            D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+def window_attention_kernel(q_ptr, k_ptr, v_ptr, H, HKV, N, window, o_ptr,
+                            D: tl.constexpr, SCALE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                            F64: tl.constexpr):
+    """q [B, H, N, D], k/v [B, HKV, N, D] (any float dtype) -> o [B, H, N, D] (o's dtype); SCALE = 1/sqrt(D)."""
+    acc_t = tl.float64 if F64 else tl.float32
+    precision = "ieee"
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     kvh = h // (H // HKV)
@@ -24,19 +31,19 @@ def window_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, H, HKV, N, window, scale
     kv_off = (b * HKV + kvh) * N * D
     rm = tl.program_id(1) * BM + tl.arange(0, BM)
     rd = tl.arange(0, D)
-    q = tl.load(q_base + rm[:, None] * D + rd[None, :], mask=rm[:, None] < N, other=0.0)
-    m_i = tl.full((BM,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BM,), tl.float32)
-    acc = tl.zeros((BM, D), tl.float32)
+    q = tl.load(q_base + rm[:, None] * D + rd[None, :], mask=rm[:, None] < N, other=0.0).to(acc_t) * SCALE
+    m_i = tl.full((BM,), float("-inf"), acc_t)
+    l_i = tl.zeros((BM,), acc_t)
+    acc = tl.zeros((BM, D), acc_t)
     q_lo = tl.program_id(1) * BM
     lo = tl.maximum(q_lo - window + 1, 0) // BN * BN
     hi = tl.minimum(q_lo + BM, N)
     for start in range(lo, hi, BN):
         rn = start + tl.arange(0, BN)
         kmask = rn[:, None] < N
-        k = tl.load(k_ptr + kv_off + rn[:, None] * D + rd[None, :], mask=kmask, other=0.0)
-        v = tl.load(v_ptr + kv_off + rn[:, None] * D + rd[None, :], mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale                                     # [BM, BN]
+        k = tl.load(k_ptr + kv_off + rn[:, None] * D + rd[None, :], mask=kmask, other=0.0).to(acc_t)
+        v = tl.load(v_ptr + kv_off + rn[:, None] * D + rd[None, :], mask=kmask, other=0.0).to(acc_t)
+        s = tl.dot(q, tl.trans(k), input_precision=precision, out_dtype=acc_t)      # [BM, BN]
         dist = rm[:, None] - rn[None, :]
         s = tl.where((dist >= 0) & (dist < window) & (rn[None, :] < N), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -44,17 +51,23 @@ def window_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, H, HKV, N, window, scale
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, v)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=precision, out_dtype=acc_t)
         m_i = m_new
-    tl.store(o_ptr + (b * H + h) * N * D + rm[:, None] * D + rd[None, :], acc / l_i[:, None], mask=rm[:, None] < N)
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + (b * H + h) * N * D + rm[:, None] * D + rd[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=rm[:, None] < N)
 
 
-def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Same contract as torch.ops.depthscale.window_attention: q [B,H,n,D], k/v [B,Hkv,n,D] float32."""
+BLOCKS = dict(BM=16, BN=16)
+
+
+def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                            f64: bool = True) -> torch.Tensor:
+    """Same contract as torch.ops.depthscale.window_attention: q [B,H,n,D], k/v [B,Hkv,n,D], result in
+    q's dtype. f64 (the default) computes as the eager op does; f64=False trades that for speed."""
     B, H, N, D = q.shape
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
-    BM = BN = 16
-    window_attention_kernel[(B * H, triton.cdiv(N, BM))](q, k, v, out, H, k.shape[1], N, window,
-                                                         1.0 / math.sqrt(D), D=D, BM=BM, BN=BN)
+    window_attention_kernel[(B * H, triton.cdiv(N, BLOCKS["BM"]))](
+        q, k, v, H, k.shape[1], N, window, out, D=D, SCALE=1.0 / math.sqrt(D), F64=f64, **BLOCKS)
     return out
