@@ -1,7 +1,7 @@
 """export(): checkpoint or model -> artifact directory, gated on parity with eager PyTorch.
 
 Stages (each timed, reported on stderr unless quiet): load, export, functions (our graph passes,
-then any of yours), check, parity, write.
+then any of yours), check, parity, engines (TensorRT, where it and a GPU are present), write.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .onnx_export import DEFAULT_OPSET, export_graph, finish_graph
 from .onnx_ops import DOMAIN, DOMAIN_VERSION
 from .op_check import check_ops
 from .parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
+from .tensorrt_engines import Profile, build_engines, tensorrt_unavailable
 from .trt_readiness import check_tensorrt_readiness
 
 
@@ -62,6 +63,8 @@ class ExportOptions:
     # your own passes (onnx_ir.Model -> None, in place), run after ours and before the gate, so the
     # gate verifies them
     graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
+    engines: bool = True                                 # build TensorRT engines where TensorRT and a GPU are present
+    trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
     command: str | None = None                           # recorded in the manifest
 
 
@@ -153,7 +156,8 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             parity = progress.stage("parity", _parity, model, str(onnx_path), samples, opts)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
             raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
-        passed = parity["passed"]
+        tensorrt = progress.stage("engines", _engines, model, onnx_path, tmp, samples, opts, parity["passed"])
+        passed = parity["passed"] and tensorrt.get("parity", {}).get("passed", True)
         report = {
             "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
             "status": "passed" if passed else "failed",
@@ -169,11 +173,30 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
             "parity": parity["summary"],
             "tensorrt_readiness": readiness,
+            "tensorrt": {k: v for k, v in tensorrt.items() if k != "parity"} | (
+                {"parity": {k: v for k, v in tensorrt["parity"].items() if k != "rows"}} if "parity" in tensorrt else {}),
             "command": opts.command,
         }
         report["timings_s"] = dict(progress.timings)
         progress.stage("write", _write, tmp, parity, report)
     return report
+
+
+def _engines(model: DepthScaleModel, onnx_path: Path, artifact: Path, samples: list[Sample], opts: ExportOptions,
+             onnx_passed: bool) -> dict:
+    """TensorRT engines where TensorRT and a GPU are present (tensorrt_engines; not verified here), else
+    {"built": False, "why": ...}, which the manifest records."""
+    why = ("not asked for (engines=False)" if not opts.engines else
+           "the ONNX Runtime parity gate failed" if not onnx_passed else tensorrt_unavailable())
+    if why:
+        if not opts.quiet:
+            print(f"[depthscale-export] TensorRT engines skipped: {why}", file=sys.stderr, flush=True)
+        return {"built": False, "why": why}
+    profile = opts.trt_profile or Profile.default(model.config.max_seq_len)
+    try:
+        return build_engines(onnx_path, artifact, profile, model, samples, opts.tolerances, opts.seed)
+    except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
+        raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
 
 
 def _describe(value: ir.Value) -> dict:

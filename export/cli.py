@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .api import BadInput, ExportFailed, ExportOptions, export
 from .parity import DEFAULT_TOLERANCES, Tolerances
+from .tensorrt_engines import Profile
 
 EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
 
@@ -26,6 +27,13 @@ def _shapes(text: str) -> list[tuple[int, int]]:
         return [tuple(int(x) for x in part.lower().split("x")) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"shapes must look like 1x7,3x257, got {text!r}") from None
+
+
+def _profile(text: str) -> Profile:
+    try:
+        return Profile.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _ints(text: str) -> list[int]:
@@ -61,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--graph-pass", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="also apply your own pass (onnx_ir.Model -> None, in place) before the gate; repeatable")
+    p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where possible")
+    p.add_argument("--trt-profile", type=_profile, default=None, metavar="MIN:OPT:MAX",
+                   help="TensorRT optimisation profile over batch and seq, e.g. 1x1:1x512:8x4096 "
+                        "(default 1x1:1x512:8xmax_seq_len)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="print every parity sample")
@@ -79,6 +91,7 @@ def main(argv=None) -> int:
                                (args.state_atol, defaults.state_atol))))
     opts = ExportOptions(opset=args.opset, max_iters_cap=args.max_iters_cap, seed=args.seed, force=args.force,
                          precision=args.precision, tolerances=tolerances, iters=args.iters,
+                         engines=not args.no_engines, trt_profile=args.trt_profile,
                          tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:
         opts.shapes = args.shapes
@@ -128,6 +141,9 @@ def _print_table(out: Path, report: dict, verbose: bool) -> None:
     failed_checks = [c["check"] for c in trt["checks"] if not c["passed"]]
     print("TensorRT readiness (static, not gating): " + ("all checks pass" if trt["passed"] else
           "problems: " + "; ".join(failed_checks)), file=err)
+    engines = report["tensorrt"]
+    print("TensorRT engines: " + (", ".join(e["dir"] for e in engines["engines"]) if engines["built"]
+                                  else f"not built ({engines['why']})"), file=err)
     print(f"{'PASSED' if report['status'] == 'passed' else 'FAILED'}: {out}", file=err)
 
 

@@ -102,11 +102,13 @@ def _errors(ort_out: np.ndarray, eager_out: np.ndarray) -> tuple[float, float]:
     return (float(diff.max()) if diff.size else 0.0, float(rel.max()) if rel.size else 0.0)
 
 
-def compare_samples(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol: Tolerances,
+def compare_samples(model: DepthScaleModel, target, samples: list[Sample], tol: Tolerances,
                     seed: int = 0) -> dict:
-    """Run every sample through eager and ORT; compare. Returns the report's "samples" section."""
+    """Run every sample through eager and the target, an ONNX file (run by ONNX Runtime on CPU) or any
+    Polygraphy runner (a TensorRT engine's, say); compare. Returns the report's "samples" section."""
     feeds = [s.feed(model.config, seed + i) for i, s in enumerate(samples)]
-    runners = [EagerRunner(model), OnnxrtRunner(SessionFromOnnx(onnx_path, providers=["cpu"]))]
+    backend = target if isinstance(target, BaseRunner) else OnnxrtRunner(SessionFromOnnx(str(target), providers=["cpu"]))
+    runners = [EagerRunner(model), backend]
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(divide="ignore", invalid="ignore"):
         results = Comparator.run(runners, data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(

@@ -96,7 +96,9 @@ def bitlinear_fused_kernel(x_ptr, w_ptr, g_ptr, M, N, K, K4, y_ptr,
     """y [M, N] (y's dtype) = BitLinear of x [M, K] (or GatedBitLinear of x [M, 2K]), any float dtype,
     with packed W [N, K4] uint8 and γ float32 [1]; the arithmetic of depthscale.bitlinear.bitlinear_int
     (per-token absmax, int8, exact int32 product), so results are bit-identical to the eager op.
-    Arguments in the order a TensorRT AOT plugin passes them: inputs, int32 scalars, outputs."""
+    Arguments in the order a TensorRT AOT plugin passes them: inputs, int32 scalars, outputs.
+    Compile it with enable_fp_fusion=False: a fused multiply-add in the quantiser (x·s - floor(x·s))
+    would round differently from the eager op's separate multiply and subtract."""
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
     amax = tl.zeros((BM,), dtype=tl.float32)
@@ -129,5 +131,5 @@ def bitlinear_fused(x: torch.Tensor, w_packed: torch.Tensor, gamma: torch.Tensor
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, FUSED_BLOCKS["BM"]), triton.cdiv(N, FUSED_BLOCKS["BN"]))
     bitlinear_fused_kernel[grid](x2, w_packed, gamma.reshape(1).float(), M, N, in_features, K4, y,
-                                 GATED=gated, **FUSED_BLOCKS)
+                                 GATED=gated, enable_fp_fusion=False, **FUSED_BLOCKS)
     return y.reshape(*lead, N)

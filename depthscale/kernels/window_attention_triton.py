@@ -3,8 +3,9 @@
 Each program takes BM queries of one (batch, head) and visits only the key blocks inside
 [first query - window + 1, last query]: O(n · window) work (O(n²/2) for a full window, the
 cross-decoder's case). F64=True computes in float64 as the eager op does, so results round to the same
-float32 (or half) values in all but rare cases; F64=False is float32 throughout (dot products in IEEE
-float32, not TF32) and agrees to about 1e-6. Arguments in the order a TensorRT AOT plugin passes them:
+float32 (or half) values in all but rare cases (launched without FMA contraction, so each op rounds
+as in the eager op); F64=False is float32 throughout (dot products in IEEE float32, not TF32) and
+agrees to about 1e-6. Arguments in the order a TensorRT AOT plugin passes them:
 inputs, int32 scalars, outputs.
 """
 
@@ -23,7 +24,6 @@ def window_attention_kernel(q_ptr, k_ptr, v_ptr, H, HKV, N, window, o_ptr,
                             F64: tl.constexpr):
     """q [B, H, N, D], k/v [B, HKV, N, D] (any float dtype) -> o [B, H, N, D] (o's dtype); SCALE = 1/sqrt(D)."""
     acc_t = tl.float64 if F64 else tl.float32
-    precision = "ieee"
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     kvh = h // (H // HKV)
@@ -43,7 +43,7 @@ def window_attention_kernel(q_ptr, k_ptr, v_ptr, H, HKV, N, window, o_ptr,
         kmask = rn[:, None] < N
         k = tl.load(k_ptr + kv_off + rn[:, None] * D + rd[None, :], mask=kmask, other=0.0).to(acc_t)
         v = tl.load(v_ptr + kv_off + rn[:, None] * D + rd[None, :], mask=kmask, other=0.0).to(acc_t)
-        s = tl.dot(q, tl.trans(k), input_precision=precision, out_dtype=acc_t)      # [BM, BN]
+        s = tl.dot(q, tl.trans(k), input_precision="ieee", out_dtype=acc_t)         # [BM, BN]
         dist = rm[:, None] - rn[None, :]
         s = tl.where((dist >= 0) & (dist < window) & (rn[None, :] < N), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -51,7 +51,7 @@ def window_attention_kernel(q_ptr, k_ptr, v_ptr, H, HKV, N, window, o_ptr,
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=precision, out_dtype=acc_t)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee", out_dtype=acc_t)
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(o_ptr + (b * H + h) * N * D + rm[:, None] * D + rd[None, :], out.to(o_ptr.dtype.element_ty),
@@ -69,5 +69,6 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
     window_attention_kernel[(B * H, triton.cdiv(N, BLOCKS["BM"]))](
-        q, k, v, H, k.shape[1], N, window, out, D=D, SCALE=1.0 / math.sqrt(D), F64=f64, **BLOCKS)
+        q, k, v, H, k.shape[1], N, window, out, D=D, SCALE=1.0 / math.sqrt(D), F64=f64, enable_fp_fusion=not f64,
+        **BLOCKS)
     return out

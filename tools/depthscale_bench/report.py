@@ -133,14 +133,15 @@ def markdown(results: dict) -> str:
 
 
 @contextmanager
-def _figure(path: Path, title: str, xlabel: str, ylabel: str, size=(5, 3.5)):
-    """Yields the axes of a new figure; saves it as PNG to `path` with title and labels."""
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, size=(5, 3.5), legend=(0.12, 0.88)):
+    """Yields the axes of a new figure; saves it as PNG to `path` with title, labels and the legend's
+    upper-left corner at `legend` (figure coordinates)."""
     fig, ax = plt.subplots(figsize=size)
     yield ax
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
+    fig.legend(loc="upper left", bbox_to_anchor=legend, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -183,7 +184,7 @@ def plot_early_exit(results: dict, path: Path) -> None:
     e = results["early_exit"]
     tols = [max(r["tol"], 1e-4) for r in e["rows"]]
     with _figure(path, f"f. Early exit on the demo ({e['task']})", "tol (tol 0 drawn at 1e-4)",
-                 "mean exit iteration") as ax:
+                 "mean exit iteration", legend=(0.14, 0.45)) as ax:
         ax.semilogx(tols, [r["mean_exit_iteration"] for r in e["rows"]], "o-", label="mean exit iteration")
         ax2 = ax.twinx()
         ax2.semilogx(tols, [r["accuracy"] for r in e["rows"]], "s--", color="C1", label="accuracy")
