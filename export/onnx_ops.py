@@ -16,7 +16,7 @@ from __future__ import annotations
 import onnx
 import onnxscript
 from onnx.defs import OpSchema
-from onnxscript import DOUBLE, FLOAT, INT64, UINT8, script
+from onnxscript import DOUBLE, FLOAT, INT8, INT64, UINT8, script
 from onnxscript import opset18 as op
 
 from depthscale.window_attention import CAUSAL_CHUNKS, CHUNKED_FROM, SUB_BLOCKS
@@ -78,9 +78,33 @@ def translation_table() -> dict:
 # ---- function bodies (mirror depthscale/bitlinear.py and depthscale/window_attention.py) ----------
 
 @script(_ds, default_opset=op)
-def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
-    # unpack_ternary: codes = (W[..., None] >> [0, 2, 4, 6]) & 3; W_t = codes[:, :in] - 1, as int8 [in, out].
-    # W is an initializer, so ONNX Runtime folds this into a constant once, at session creation.
+def QuantizedProduct(X: FLOAT, Wt: INT8, G: FLOAT) -> FLOAT:
+    """BitLinear on rows: X float32 [r, in], Wt int8 [in, out] (unpacked), G float32 [] -> float32 [r, out].
+    quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127);
+    then the integer product x_q · W_tᵀ, exact in int32, as x_q + 128 in uint8 with zero point 128,
+    because ONNX Runtime's fast (VNNI) kernels are uint8 x int8; y = acc · γ / s."""
+    amax = op.Max(op.ReduceMax(op.Abs(X), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
+    s = op.Mul(op.Reciprocal(amax), op.Constant(value_float=127.0))
+    x_q = op.Clip(op.Round(op.Mul(X, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
+    x_u8 = op.Cast(op.Add(x_q, op.Constant(value_float=128.0)), to=2)
+    acc = op.MatMulInteger(x_u8, Wt, op.Cast(op.Constant(value_int=128), to=2))
+    return op.Mul(op.Cast(acc, to=1), op.Div(G, s))
+
+
+@script(_ds, default_opset=op)
+def GatedProduct(X: FLOAT, Wt: INT8, G: FLOAT) -> FLOAT:
+    """swiglu, as eager: a · reciprocal(exp(-a) + 1) · b for [a, b] = X float32 [r, 2·in] (exp through
+    float64), then QuantizedProduct -> float32 [r, out]."""
+    a, b = op.Split(X, axis=-1, num_outputs=2)
+    e = op.Cast(op.Exp(op.Cast(op.Neg(a), to=11)), to=1)
+    h = op.Mul(op.Mul(a, op.Reciprocal(op.Add(e, op.Constant(value_float=1.0)))), b)
+    return QuantizedProduct(h, Wt, G)
+
+
+@script(_ds, default_opset=op)
+def UnpackTernary(W: UINT8, in_features: int) -> INT8:
+    """unpack_ternary: codes = (W[..., None] >> [0, 2, 4, 6]) & 3; W_t = codes[:, :in] - 1, as int8 [in, out].
+    W is an initializer, so ONNX Runtime folds this into a constant once, at session creation."""
     shifts = op.Cast(op.Constant(value_ints=[0, 2, 4, 6]), to=2)
     three = op.Cast(op.Constant(value_int=3), to=2)
     codes = op.BitwiseAnd(op.BitShift(op.Unsqueeze(W, [-1]), shifts, direction="RIGHT"), three)
@@ -90,46 +114,74 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
     # (every intermediate stays 1 byte per weight: folding through a wider type cost ORT ~0.6 GB of
     # resident memory on the reference model)
     codes_in = op.Cast(op.Slice(flat, op.Constant(value_ints=[0]), n_in, op.Constant(value_ints=[1])), to=3)
-    w_t = op.Transpose(op.Sub(codes_in, op.Cast(op.Constant(value_int=1), to=3)), perm=[1, 0])
-    # quantize_activations: s = reciprocal(max(amax, 1e-5)) * 127; x_q = clamp(round(x * s), -128, 127),
-    # in float32 whatever X's dtype (the Cast is a no-op for a float32 model)
-    x = op.Cast(X, to=1)
-    amax = op.Max(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=1e-5))
-    s = op.Mul(op.Reciprocal(amax), op.Constant(value_float=127.0))
-    x_q = op.Clip(op.Round(op.Mul(x, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
-    # the integer product x_q · W_tᵀ, exact in int32: x_q + 128 as uint8 with zero point 128, because
-    # ONNX Runtime's fast (VNNI) kernels are uint8 x int8
-    x_u8 = op.Cast(op.Add(x_q, op.Constant(value_float=128.0)), to=2)
-    acc = op.MatMulInteger(x_u8, w_t, op.Cast(op.Constant(value_int=128), to=2))
-    return op.CastLike(op.Mul(op.Cast(acc, to=1), op.Div(G, s)), X)
+    return op.Transpose(op.Sub(codes_in, op.Cast(op.Constant(value_int=1), to=3)), perm=[1, 0])
+
+
+# Row chunks: from ROWS_CHUNKED_FROM rows (batch · seq) on, the BitLinear bodies run their rows in
+# ROW_CHUNKS pieces, so that each piece's intermediates (int32 products, swiglu) stay in cache.
+# Every step is row-wise, so the result is the same bit for bit.
+ROW_CHUNKS = 8           # as the Split below unpacks
+ROWS_CHUNKED_FROM = 1024
 
 
 @script(_ds, default_opset=op)
-def GatedBitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
-    # swiglu, as eager: a · reciprocal(exp(-a) + 1) · b for [a, b] = X, exp through float64
-    a, b = op.Split(op.Cast(X, to=1), axis=-1, num_outputs=2)
-    e = op.Cast(op.Exp(op.Cast(op.Neg(a), to=11)), to=1)
-    h = op.Mul(op.Mul(a, op.Reciprocal(op.Add(e, op.Constant(value_float=1.0)))), b)
-    return op.CastLike(BitLinear(h, W, G, in_features=in_features), X)
+def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
+    """X [..., in] -> [..., out] in X's dtype; QuantizedProduct on the rows, in ROW_CHUNKS pieces from
+    ROWS_CHUNKED_FROM rows on. GatedBitLinear's body is this one with GatedProduct for QuantizedProduct."""
+    w_t = UnpackTernary(W, in_features=in_features)
+    x = op.Reshape(op.Cast(X, to=1), op.Concat(op.Constant(value_ints=[-1]), op.Shape(X, start=-1), axis=0))
+    if op.Less(op.Shape(x, start=0, end=1), op.Constant(value_ints=[ROWS_CHUNKED_FROM])):
+        y = QuantizedProduct(x, w_t, G)
+    else:
+        x0, x1, x2, x3, x4, x5, x6, x7 = op.Split(x, axis=0, num_outputs=ROW_CHUNKS)
+        y = op.Concat(QuantizedProduct(x0, w_t, G), QuantizedProduct(x1, w_t, G), QuantizedProduct(x2, w_t, G),
+                      QuantizedProduct(x3, w_t, G), QuantizedProduct(x4, w_t, G), QuantizedProduct(x5, w_t, G),
+                      QuantizedProduct(x6, w_t, G), QuantizedProduct(x7, w_t, G), axis=0)
+    shape = op.Concat(op.Shape(X, start=0, end=-1), op.Shape(y, start=1), axis=0)
+    return op.CastLike(op.Reshape(y, shape), X)
 
 
 @script(_ds, default_opset=op)
 def CausalChunk(Q: DOUBLE, K: DOUBLE, V: DOUBLE, start: INT64, end: INT64) -> DOUBLE:
-    """Queries start..end-1 of causal attention against keys 0..end-1 (float64, heads expanded);
-    depthscale.window_attention._softmax_attend on one chunk. start, end int64 [1]."""
+    """Queries start..end-1 of causal attention against keys 0..end-1 (float64);
+    depthscale.window_attention._softmax_attend on one chunk. Q [B, Hkv, G, n, D] (query heads grouped
+    by the KV head they share), K/V [B, Hkv, n, D], start/end int64 [1] -> [B, Hkv, G, end - start, D].
+    The G query heads of a KV head go through one product as G · c rows: no expanded K/V."""
     zero = op.Constant(value_ints=[0])
     two = op.Constant(value_ints=[2])
-    scale = op.Reciprocal(op.Sqrt(op.Cast(op.Shape(Q, start=3, end=4), to=11)))
-    q = op.Slice(Q, start, end, two)
-    k = op.Slice(K, zero, end, two)
+    three = op.Constant(value_ints=[3])
+    scale = op.Reciprocal(op.Sqrt(op.Cast(op.Shape(Q, start=4, end=5), to=11)))
+    q = op.Slice(Q, start, end, three)                       # [B, Hkv, G, c, D]
+    k = op.Slice(K, zero, end, two)                          # [B, Hkv, end, D]
     v = op.Slice(V, zero, end, two)
+    rows = op.Concat(op.Shape(q, start=0, end=2), op.Constant(value_ints=[-1]), op.Shape(q, start=4, end=5),
+                     axis=0)
     step = op.Constant(value_int=1)
     qpos = op.Unsqueeze(op.Range(op.Squeeze(start, zero), op.Squeeze(end, zero), step), [1])
     kpos = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(end, zero), step), [0])
     bias = op.Where(op.LessOrEqual(kpos, qpos), op.Cast(op.Constant(value_float=0.0), to=11),
                     op.Cast(op.Constant(value_float=float("-inf")), to=11))
-    scores = op.Add(op.MatMul(op.Mul(q, scale), op.Transpose(k, perm=[0, 1, 3, 2])), bias)
-    return op.MatMul(op.Softmax(scores, axis=-1), v)
+    qk = op.Concat(op.Shape(q, start=0, end=4), op.Shape(k, start=2, end=3), axis=0)    # [B, Hkv, G, c, end]
+    gk = op.Concat(op.Shape(q, start=0, end=2), op.Constant(value_ints=[-1]), op.Shape(k, start=2, end=3), axis=0)
+    scores = op.MatMul(op.Reshape(op.Mul(q, scale), rows), op.Transpose(k, perm=[0, 1, 3, 2]))  # [B, Hkv, G·c, end]
+    probs = op.Softmax(op.Add(op.Reshape(scores, qk), bias), axis=-1)
+    out = op.MatMul(op.Reshape(probs, gk), v)                                           # [B, Hkv, G·c, D]
+    return op.Reshape(out, op.Shape(q))
+
+
+# Block chunks: from BLOCKS_CHUNKED_FROM query blocks on, windowed attention runs its blocks in
+# BLOCK_CHUNKS pieces, each block's result being independent of the others. (Split into 8 pieces of
+# ceil(nb / 8) leaves a non-negative last piece, as ONNX Runtime requires, for every nb from 43 on.)
+BLOCK_CHUNKS = 8         # as the Split below unpacks
+BLOCKS_CHUNKED_FROM = 48
+
+
+@script(_ds, default_opset=op)
+def BlockAttend(Q: DOUBLE, K: DOUBLE, V: DOUBLE, bias: DOUBLE) -> DOUBLE:
+    """Windowed attention on query blocks (float64): Q [B, Hkv, G, m, b, D] scaled, K/V [B, Hkv, 1, m, k, D],
+    bias [m, b, k] (0 or -inf) -> [B, Hkv, G, m, b, D]."""
+    scores = op.Add(op.MatMul(Q, op.Transpose(K, perm=[0, 1, 2, 3, 5, 4])), bias)
+    return op.MatMul(op.Softmax(scores, axis=-1), V)
 
 
 @script(_ds, default_opset=op)
@@ -142,36 +194,37 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     Q = op.Cast(Q, to=11)                                   # float64 inside, as eager
     K = op.Cast(K, to=11)
     V = op.Cast(V, to=11)
-    # grouped KV heads: repeat_interleave over axis 1
+    # grouped KV heads: the G = H / Hkv query heads of a KV head share its K/V by broadcasting
+    # (eager repeats K/V; the float64 products are the same)
     B = op.Shape(Q, start=0, end=1)
     H = op.Shape(Q, start=1, end=2)
     n = op.Shape(Q, start=2, end=3)
     Hkv = op.Shape(K, start=1, end=2)
-    kv5 = op.Concat(B, Hkv, op.Div(H, Hkv), n, D, axis=0)
+    G = op.Div(H, Hkv)
     qshape = op.Concat(B, H, n, D, axis=0)
-    K = op.Reshape(op.Expand(op.Unsqueeze(K, [2]), kv5), qshape)
-    V = op.Reshape(op.Expand(op.Unsqueeze(V, [2]), kv5), qshape)
+    Qg = op.Reshape(Q, op.Concat(B, Hkv, G, n, D, axis=0))  # [B, Hkv, G, n, D]
     w = op.Reshape(op.Constant(value_int=window), one)
     if op.Squeeze(op.GreaterOrEqual(w, n), zero):
         # full causal attention: in one block, or in CAUSAL_CHUNKS query chunks from CHUNKED_FROM on
         if op.Squeeze(op.Less(n, op.Constant(value_ints=[CHUNKED_FROM])), zero):
-            out = CausalChunk(Q, K, V, zero, n)
+            out = CausalChunk(Qg, K, V, zero, n)
         else:
             c = op.Div(op.Add(n, op.Constant(value_ints=[CAUSAL_CHUNKS - 1])), op.Constant(value_ints=[CAUSAL_CHUNKS]))
-            out = op.Concat(CausalChunk(Q, K, V, zero, c),
-                            CausalChunk(Q, K, V, c, op.Min(op.Mul(c, op.Constant(value_ints=[2])), n)),
-                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[2])),
+            out = op.Concat(CausalChunk(Qg, K, V, zero, c),
+                            CausalChunk(Qg, K, V, c, op.Min(op.Mul(c, op.Constant(value_ints=[2])), n)),
+                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[2])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[3])), n)),
-                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[3])),
+                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[3])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[4])), n)),
-                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[4])),
+                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[4])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[5])), n)),
-                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[5])),
+                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[5])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[6])), n)),
-                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[6])),
+                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[6])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[7])), n)),
-                            CausalChunk(Q, K, V, op.Mul(c, op.Constant(value_ints=[7])), n),
-                            axis=2)
+                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[7])), n),
+                            axis=3)
+        out = op.Reshape(out, qshape)
     else:
         # blocks of b = ceil(window / R) queries, each against its own and the R previous blocks
         R = op.Constant(value_ints=[SUB_BLOCKS])
@@ -179,15 +232,15 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
         nb = op.Div(op.Sub(op.Add(n, b), one), b)
         pad = op.Sub(op.Mul(nb, b), n)
         qb = op.Reshape(op.Pad(Q, op.Concat(zero, zero, zero, zero, zero, zero, pad, zero, axis=0)),
-                        op.Concat(B, H, nb, b, D, axis=0))
+                        op.Concat(B, Hkv, G, nb, b, D, axis=0))              # [B, Hkv, G, nb, b, D]
         kvp_pads = op.Concat(zero, zero, op.Mul(b, R), zero, zero, zero, pad, zero, axis=0)
-        blocks = op.Concat(B, H, op.Add(nb, R), b, D, axis=0)
+        blocks = op.Concat(B, Hkv, op.Add(nb, R), b, D, axis=0)
         R1 = op.Add(R, one)
         nb0 = op.Squeeze(nb, zero)
         idx = op.Reshape(op.Add(op.Unsqueeze(op.Range(op.Constant(value_int=0), nb0, op.Constant(value_int=1)), [1]),
                                 op.Range(op.Constant(value_int=0), op.Squeeze(R1, zero), op.Constant(value_int=1))),
                          op.Constant(value_ints=[-1]))
-        kbshape = op.Concat(B, H, nb, op.Mul(R1, b), D, axis=0)
+        kbshape = op.Concat(B, Hkv, one, nb, op.Mul(R1, b), D, axis=0)        # [B, Hkv, 1, nb, (R+1)·b, D]
         kb = op.Reshape(op.Gather(op.Reshape(op.Pad(K, kvp_pads), blocks), idx, axis=2), kbshape)
         vb = op.Reshape(op.Gather(op.Reshape(op.Pad(V, kvp_pads), blocks), idx, axis=2), kbshape)
         # query blk*b + i, key (blk - R)*b + j; allowed iff 0 <= i - j + R·b < window and key >= 0.
@@ -204,16 +257,43 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
         blk = op.Unsqueeze(op.Range(op.Constant(value_int=0), nb0, op.Constant(value_int=1)), [1, 2])
         key_exists = op.GreaterOrEqual(op.Unsqueeze(j, [0]), op.Mul(op.Sub(R0, blk), b0))
         allowed = op.And(op.Unsqueeze(in_window, [0]), key_exists)
-        scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
         bias = op.Where(allowed, op.Cast(op.Constant(value_float=0.0), to=11),
-                        op.Cast(op.Constant(value_float=float("-inf")), to=11))
-        scores = op.Add(op.MatMul(op.Mul(qb, scale), op.Transpose(kb, perm=[0, 1, 2, 4, 3])), bias)
-        probs = op.Softmax(scores, axis=-1)
-        out = op.Slice(op.Reshape(op.MatMul(probs, vb), op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
+                        op.Cast(op.Constant(value_float=float("-inf")), to=11))     # [nb, b, (R+1)·b]
+        qb = op.Mul(qb, op.Reciprocal(op.Sqrt(op.Cast(D, to=11))))
+        # from BLOCKS_CHUNKED_FROM blocks on, the blocks go in BLOCK_CHUNKS pieces (scores stay in cache)
+        if op.Less(nb, op.Constant(value_ints=[BLOCKS_CHUNKED_FROM])):
+            ob = BlockAttend(qb, kb, vb, bias)
+        else:
+            q0, q1, q2, q3, q4, q5, q6, q7 = op.Split(qb, axis=3, num_outputs=BLOCK_CHUNKS)
+            k0, k1, k2, k3, k4, k5, k6, k7 = op.Split(kb, axis=3, num_outputs=BLOCK_CHUNKS)
+            v0, v1, v2, v3, v4, v5, v6, v7 = op.Split(vb, axis=3, num_outputs=BLOCK_CHUNKS)
+            m0, m1, m2, m3, m4, m5, m6, m7 = op.Split(bias, axis=0, num_outputs=BLOCK_CHUNKS)
+            ob = op.Concat(BlockAttend(q0, k0, v0, m0), BlockAttend(q1, k1, v1, m1), BlockAttend(q2, k2, v2, m2),
+                           BlockAttend(q3, k3, v3, m3), BlockAttend(q4, k4, v4, m4), BlockAttend(q5, k5, v5, m5),
+                           BlockAttend(q6, k6, v6, m6), BlockAttend(q7, k7, v7, m7), axis=3)
+        out = op.Slice(op.Reshape(ob, op.Concat(B, H, op.Mul(nb, b), D, axis=0)), zero, n, two)
     return op.CastLike(out, like)
 
 
-FUNCTIONS = (BitLinear, GatedBitLinear, WindowAttention, CausalChunk)
+BODY_HELPERS = ("UnpackTernary", "QuantizedProduct", "GatedProduct", "CausalChunk", "BlockAttend")  # called by bodies
+FUNCTIONS = (BitLinear, WindowAttention, UnpackTernary, QuantizedProduct, GatedProduct, CausalChunk, BlockAttend)
+
+
+def _gated_bitlinear(bitlinear: onnx.FunctionProto) -> onnx.FunctionProto:
+    """GatedBitLinear's body: BitLinear's, calling GatedProduct where it calls QuantizedProduct."""
+    gated = onnx.FunctionProto()
+    gated.CopyFrom(bitlinear)
+    gated.name = "GatedBitLinear"
+
+    def rename(nodes):
+        for node in nodes:
+            if node.domain == DOMAIN and node.op_type == "QuantizedProduct":
+                node.op_type = "GatedProduct"
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    rename(attr.g.node)
+    rename(gated.node)
+    return gated
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:
@@ -228,4 +308,6 @@ def function_protos(opset: int) -> list[onnx.FunctionProto]:
         if DOMAIN not in {imp.domain for imp in proto.opset_import}:
             proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         protos.append(proto)
+        if proto.name == "BitLinear":
+            protos.append(_gated_bitlinear(proto))
     return protos

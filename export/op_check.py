@@ -100,10 +100,12 @@ def _result(op_type, case, got, expected, exact, atol=0.0) -> dict:
 def check_ops(opset: int, seed: int = 0, precision: str = "fp32") -> list[dict]:
     """Run every op check with the model's precision; returns one result dict per case."""
     rng = np.random.default_rng(seed)
+    # (3, 347) and (2, 517): past ROWS_CHUNKED_FROM rows, in uneven ROW_CHUNKS pieces
     results = [check_bitlinear(rng, opset, bs, i, o, precision=precision) for bs, i, o in
-               (((2, 5), 37, 11), ((1, 1), 64, 128), ((3, 33), 128, 64))]
+               (((2, 5), 37, 11), ((1, 1), 64, 128), ((3, 33), 128, 64), ((3, 347), 40, 24))]
     results += [check_bitlinear(rng, opset, bs, i, o, gated=True, precision=precision)
-                for bs, i, o in (((2, 5), 37, 11), ((3, 33), 96, 64))]
+                for bs, i, o in (((2, 5), 37, 11), ((3, 33), 96, 64), ((2, 517), 24, 16))]
     results += [check_window_attention(rng, opset, n=n, window=w, Hkv=hkv, precision=precision) for n, w, hkv in
-                ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2), (CHUNKED_FROM + 37, 4096, 2))]
+                ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2), (CHUNKED_FROM + 37, 4096, 2),
+                 (203, 8, 2))]                        # 203 tokens, window 8: 51 blocks, past BLOCKS_CHUNKED_FROM
     return results

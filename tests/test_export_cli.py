@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from depthscale import demo_checkpoint
+from depthscale_export.onnx_ops import BODY_HELPERS
 
 DEMO = str(demo_checkpoint())
 CLI = [sys.executable, "-m", "depthscale_export.cli"]
@@ -84,9 +85,8 @@ def test_graph_has_one_loop_and_custom_nodes_with_functions(artifact):
     for n in custom:
         attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
         assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
-    assert {(f.domain, f.name) for f in model.functions} == {   # CausalChunk: a helper of WindowAttention's body
-        ("depthscale", "BitLinear"), ("depthscale", "GatedBitLinear"), ("depthscale", "WindowAttention"),
-        ("depthscale", "CausalChunk")}
+    assert {(f.domain, f.name) for f in model.functions} == {   # the ops, and the helpers their bodies call
+        ("depthscale", name) for name in ("BitLinear", "GatedBitLinear", "WindowAttention", *BODY_HELPERS)}
 
 
 def initializer_bytes(path):

@@ -9,7 +9,7 @@ import pytest
 from conftest import small_model
 from depthscale import demo_checkpoint, load_checkpoint
 from depthscale_export.onnx_export import export_onnx
-from depthscale_export.onnx_ops import DOMAIN
+from depthscale_export.onnx_ops import BODY_HELPERS, DOMAIN
 from depthscale_export.op_check import check_ops
 from depthscale_export.parity import Sample, Tolerances, compare_samples, make_samples, per_iteration_check
 
@@ -47,7 +47,7 @@ def test_one_loop_custom_nodes_functions_and_checker(demo_onnx):
     for n in custom:
         attrs = {a.name: a for a in n.attribute}
         assert attrs["plugin_namespace"].s == b"depthscale" and attrs["plugin_version"].s == b"1"
-    assert {f.name for f in model.functions} == {"BitLinear", "GatedBitLinear", "WindowAttention", "CausalChunk"}
+    assert {f.name for f in model.functions} == {"BitLinear", "GatedBitLinear", "WindowAttention", *BODY_HELPERS}
     assert all(f.domain == DOMAIN for f in model.functions)
     (loop,) = [n for n in nodes if n.op_type == "Loop"]
     body = next(a.g for a in loop.attribute if a.name == "body")
