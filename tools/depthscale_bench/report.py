@@ -116,7 +116,7 @@ def markdown(results: dict) -> str:
                      f"{r['speedup_over_tol0']:.2f} |")
     g = results["machine_limit"]
     m = g["model"]
-    lines += ["", "## g. The machine's limit (ONNX Runtime, X [m, k] · constant W [k, n]; the best product counts)", "",
+    lines += ["", "## g. The machine's limit (ONNX Runtime, X [m, k] · constant W [k, n]; each product's fastest repetition, the best product counts)", "",
               "| threads | m x k x n | int8 GOPS (uint8 x int8) | float32 GFLOPS |", "|---|---|---|---|"]
     for t, p in g["peak_by_threads"].items():
         for r in p["products"]:
