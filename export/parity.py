@@ -27,7 +27,7 @@ from polygraphy.logger import G_LOGGER
 
 from depthscale import DepthScaleConfig, DepthScaleModel
 
-from .graph_passes import HALF_DTYPES, emulate_half, expose_loop_state
+from .graph_passes import emulate_half, expose_loop_state
 
 
 @dataclass(frozen=True)
@@ -162,12 +162,9 @@ def run_gate(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol:
 
     A half-precision graph is checked through graph_passes.emulate_half (per-op rounding, as eager);
     the summary's "ort_graph" says so."""
-    onnx_model = ir.load(onnx_path)
-    if not any(v.dtype in HALF_DTYPES for node in ir.traversal.RecursiveGraphIterator(onnx_model.graph)
-               for v in node.outputs):
+    if model.precision == "fp32":
         return _gate(model, onnx_path, samples, tol, seed, "the artifact's model.onnx")
-    bf16 = any(v.dtype == ir.DataType.BFLOAT16 for node in ir.traversal.RecursiveGraphIterator(onnx_model.graph)
-               for v in node.outputs)
+    onnx_model = ir.load(onnx_path)
     ops = emulate_half(onnx_model)
     with tempfile.TemporaryDirectory(prefix="depthscale-half-") as tmp:
         path = str(Path(tmp) / "model.half-emulated.onnx")
@@ -176,7 +173,7 @@ def run_gate(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol:
                      f"the artifact's model.onnx with its {ops} half-precision ops computed in float32 and "
                      f"rounded after each, as eager PyTorch does")
     gate["summary"]["native_onnxruntime"] = (
-        {"ran": False, "why": "ONNX Runtime's CPU provider has no bfloat16 kernels"} if bf16
+        {"ran": False, "why": "ONNX Runtime's CPU provider has no bfloat16 kernels"} if model.precision == "bf16"
         else native_agreement(compare_samples(model, onnx_path, samples, tol, seed)["rows"]))
     return gate
 

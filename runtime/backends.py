@@ -75,7 +75,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, artifact, plan: Path):
+    def __init__(self, plan: Path):
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
         self.runner = TrtRunner(EngineFromBytes(plan.read_bytes()))
         self.runner.activate()
@@ -115,7 +115,7 @@ def tensorrt_backend(artifact, **options) -> Backend:
     if expected not in found:
         raise BackendUnavailableError(f"{artifact.path} has no engine for this machine: expected {expected}, found "
                                       f"{', '.join(found)} (rebuild with depthscale-export on this machine)")
-    return TensorRTBackend(artifact, artifact.path / expected / "model.plan")
+    return TensorRTBackend(artifact.path / expected / "model.plan")
 
 
 # name -> factory(artifact, **options); "auto" tries them in this order (fastest first)

@@ -35,10 +35,14 @@ def _compile(fn, signature: dict, constexprs: dict, arch: int) -> triton.compile
                           options={"enable_fp_fusion": False})
 
 
-def bitlinear(dtype: str, gated: bool, arch: int = 90) -> AotKernel:
-    """bitlinear_fused_kernel for activations of `dtype` (one of DTYPES); grid (cdiv(M, BM), cdiv(N, BN))."""
+def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def bitlinear(dtype: str, gated: bool, arch: int = 90) -> AotKernel:
+    """bitlinear_fused_kernel for activations of `dtype` (one of DTYPES); grid (cdiv(M, BM), cdiv(N, BN))."""
+    _check_dtype(dtype)
     signature = {"x_ptr": f"*{dtype}", "w_ptr": "*u8", "g_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
                  "K4": "i32", "y_ptr": f"*{dtype}", **{k: "constexpr" for k in (*FUSED_BLOCKS, "GATED")}}
     k = _compile(bitlinear_fused_kernel, signature, {**FUSED_BLOCKS, "GATED": gated}, arch)
@@ -48,8 +52,7 @@ def bitlinear(dtype: str, gated: bool, arch: int = 90) -> AotKernel:
 def window_attention(dtype: str, head_dim: int, arch: int = 90) -> AotKernel:
     """window_attention_kernel in float64 (as the eager op) for `dtype` q/k/v/o and a static head_dim;
     grid (batch · heads, cdiv(n, BM))."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    _check_dtype(dtype)
     signature = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "H": "i32", "HKV": "i32",
                  "N": "i32", "window": "i32", "o_ptr": f"*{dtype}",
                  **{k: "constexpr" for k in ("D", "SCALE", *BLOCKS, "F64")}}
