@@ -20,7 +20,7 @@ bit-identical across backends (see exact_math.py).
 `window_attention` dispatches: with autograd on, the plain-torch function (differentiable);
 otherwise the custom op torch.ops.depthscale.window_attention, which the exporter turns into one ONNX
 node. Both run the same arithmetic, so their results are identical. The ONNX function body
-(depthscale_export.onnx_ops.WindowAttention) mirrors this file step for step.
+(depthscale_export.graph.ops.WindowAttention) mirrors this file step for step.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 """
 
 from .api import BadInput, ExportFailed, ExportOptions, export
-from .parity import Tolerances
+from .gate.parity import Tolerances
 
 __version__ = "0.1.0"
 

@@ -29,12 +29,12 @@ from depthscale.model import PRECISIONS
 from depthscale.atomic_dir import staging_dir
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, write_json
-from .onnx_export import DEFAULT_OPSET, export_graph, finish_graph
-from .onnx_ops import DOMAIN, DOMAIN_VERSION
-from .op_check import check_ops
-from .parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
-from .tensorrt_engines import Profile, build_engines, tensorrt_unavailable
-from .trt_readiness import check_tensorrt_readiness
+from .graph.export import DEFAULT_OPSET, export_graph, finish_graph
+from .graph.ops import DOMAIN, DOMAIN_VERSION
+from .gate.op_check import check_ops
+from .gate.parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
+from .engines.tensorrt import Profile, build_engines, tensorrt_unavailable
+from .engines.readiness import check_tensorrt_readiness
 
 
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -184,7 +184,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
 
 def _engines(model: DepthScaleModel, onnx_path: Path, artifact: Path, samples: list[Sample], opts: ExportOptions,
              onnx_passed: bool) -> dict:
-    """TensorRT engines where TensorRT and a GPU are present (tensorrt_engines; not verified here), else
+    """TensorRT engines where TensorRT and a GPU are present (engines.tensorrt; not verified here), else
     {"built": False, "why": ...}, which the manifest records."""
     why = ("not asked for (engines=False)" if not opts.engines else
            "the ONNX Runtime parity gate failed" if not onnx_passed else tensorrt_unavailable())

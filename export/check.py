@@ -12,7 +12,7 @@ import sys
 from depthscale import CheckpointError, load_checkpoint
 from depthscale_runtime import ArtifactError, open_artifact
 
-from .parity import Tolerances, make_samples, run_gate
+from .gate.parity import Tolerances, make_samples, run_gate
 
 DEFAULT_SEED = 20261123      # differs from the export's, so the inputs are fresh
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from .api import BadInput, ExportFailed, ExportOptions, export
-from .parity import DEFAULT_TOLERANCES, Tolerances
-from .tensorrt_engines import Profile
+from .gate.parity import DEFAULT_TOLERANCES, Tolerances
+from .engines.tensorrt import Profile
 
 EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from depthscale import demo_checkpoint
-from depthscale_export.onnx_ops import BODY_HELPERS
+from depthscale_export.graph.ops import BODY_HELPERS
 
 DEMO = str(demo_checkpoint())
 CLI = [sys.executable, "-m", "depthscale_export.cli"]

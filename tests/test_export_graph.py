@@ -8,10 +8,10 @@ import pytest
 
 from conftest import small_model
 from depthscale import demo_checkpoint, load_checkpoint
-from depthscale_export.onnx_export import export_onnx
-from depthscale_export.onnx_ops import BODY_HELPERS, DOMAIN
-from depthscale_export.op_check import check_ops
-from depthscale_export.parity import Sample, Tolerances, compare_samples, make_samples, per_iteration_check
+from depthscale_export.graph.export import export_onnx
+from depthscale_export.graph.ops import BODY_HELPERS, DOMAIN
+from depthscale_export.gate.op_check import check_ops
+from depthscale_export.gate.parity import Sample, Tolerances, compare_samples, make_samples, per_iteration_check
 
 ONNX_OP_NAMES = {s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")}
 

@@ -13,7 +13,7 @@ import torch
 import depthscale_runtime
 from depthscale import demo_checkpoint, load_checkpoint
 from depthscale_export import export
-from depthscale_export.op_check import check_ops
+from depthscale_export.gate.op_check import check_ops
 from depthscale_runtime import BackendUnavailableError
 
 DEMO = str(demo_checkpoint())

@@ -15,7 +15,7 @@ import pytest
 import depthscale_runtime
 from depthscale import demo_checkpoint
 from depthscale_export import export
-from depthscale_export.tensorrt_engines import Profile, tensorrt_unavailable
+from depthscale_export.engines.tensorrt import Profile, tensorrt_unavailable
 from depthscale_runtime import BackendUnavailableError
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -103,7 +103,7 @@ def test_runtime_tensorrt_backend_refuses_clearly(artifact, tmp_path):
 def test_plugins_register():
     import tensorrt.plugin as trtp
 
-    from depthscale_export import tensorrt_plugins  # noqa: F401
+    from depthscale_export.engines import plugins  # noqa: F401
     assert {"depthscale::BitLinear", "depthscale::GatedBitLinear", "depthscale::WindowAttention"} <= set(trtp.QDP_REGISTRY)
 
 

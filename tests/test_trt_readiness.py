@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import small_model
-from depthscale_export.onnx_export import export_onnx
-from depthscale_export.trt_readiness import check_tensorrt_readiness
+from depthscale_export.graph.export import export_onnx
+from depthscale_export.engines.readiness import check_tensorrt_readiness
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Ahead-of-time compilation of the Triton kernels to PTX for a given NVIDIA GPU architecture: what a
-TensorRT AOT plugin embeds in a plan (depthscale_export.tensorrt_plugins). Runs without a GPU: Triton
+TensorRT AOT plugin embeds in a plan (depthscale_export.engines.plugins). Runs without a GPU: Triton
 compiles for the named target (sm_90 by default) with the compiler it ships.
 
 Each function returns an AotKernel: the kernel's name, its PTX, and the launch facts the plugin needs.

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from depthscale import DepthScaleConfig, DepthScaleModel, demo_checkpoint, load_checkpoint, save_checkpoint
 from depthscale_export import export
-from depthscale_export.onnx_export import export_graph, finish_graph
+from depthscale_export.graph.export import export_graph, finish_graph
 
 REFERENCE = dict(vocab_size=256, d_model=512, n_heads=8, n_kv_heads=2, d_ff=1536, window=128, prelude_layers=2,
                  core_layers=2, cross_layers=2, max_iters=64, max_seq_len=4096)

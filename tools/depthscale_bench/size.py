@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from depthscale_export.onnx_ops import DOMAIN
-from depthscale_export.trt_readiness import graph_nodes
+from depthscale_export.graph.ops import DOMAIN
+from depthscale_export.engines.readiness import graph_nodes
 
 BITLINEAR_OPS = ("BitLinear", "GatedBitLinear")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from depthscale_export.trt_readiness import graph_nodes
+from depthscale_export.engines.readiness import graph_nodes
 
 from .runners import OrtRun, seeded_ids, session
 from .timing import interleaved

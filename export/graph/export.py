@@ -15,8 +15,8 @@ import torch
 
 from depthscale import DepthScaleModel
 
-from .graph_passes import attach_functions, rename_dims, strip_metadata
-from .onnx_ops import translation_table
+from .passes import attach_functions, rename_dims, strip_metadata
+from .ops import translation_table
 
 INPUT_NAMES = ["input_ids", "max_iters", "tol"]
 OUTPUT_NAMES = ["logits", "iterations"]

@@ -17,7 +17,7 @@ from depthscale.bitlinear import pack_ternary, ternarize
 from depthscale.model import PRECISIONS
 from depthscale.window_attention import CHUNKED_FROM, window_attention_op
 
-from .onnx_ops import DOMAIN, DOMAIN_VERSION, PLUGIN_ATTRS, function_protos
+from ..graph.ops import DOMAIN, DOMAIN_VERSION, PLUGIN_ATTRS, function_protos
 
 FLOAT = TensorProto.FLOAT
 ONNX_DTYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}

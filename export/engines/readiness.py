@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto
 
-from .onnx_ops import DOMAIN, PLUGIN_ATTRS
+from ..graph.ops import DOMAIN, PLUGIN_ATTRS
 
 INT32_MAX = 2**31 - 1
 # element types a TensorRT 10 network can carry (no float64, no complex, no strings)

@@ -6,7 +6,7 @@ import itertools
 
 import onnx_ir as ir
 
-from .onnx_ops import DOMAIN, DOMAIN_VERSION, function_protos
+from .ops import DOMAIN, DOMAIN_VERSION, function_protos
 
 
 def _all_nodes(model: ir.Model):

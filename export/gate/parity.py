@@ -27,7 +27,7 @@ from polygraphy.logger import G_LOGGER
 
 from depthscale import DepthScaleConfig, DepthScaleModel
 
-from .graph_passes import emulate_half, expose_loop_state
+from ..graph.passes import emulate_half, expose_loop_state
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Tolerances:
 
 
 # per precision. The gate runs a half-precision graph with every op rounded to its dtype, as eager does
-# (graph_passes.emulate_half); it then agrees with eager to the bit in the recurrence, and the logits to
+# (graph.passes.emulate_half); it then agrees with eager to the bit in the recurrence, and the logits to
 # about one unit in the last place of the dtype (the head's matmul sums in another order)
 DEFAULT_TOLERANCES = {"fp32": Tolerances(),
                       "fp16": Tolerances(atol=1e-3, rtol=2e-3, state_atol=4e-3),
@@ -160,7 +160,7 @@ def run_gate(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol:
     """compare_samples, then the per-iteration check on the first failing sample (or, when all pass,
     the one with the most iterations and tokens). Returns rows, per_iteration and a summary.
 
-    A half-precision graph is checked through graph_passes.emulate_half (per-op rounding, as eager);
+    A half-precision graph is checked through graph.passes.emulate_half (per-op rounding, as eager);
     the summary's "ort_graph" says so."""
     if model.precision == "fp32":
         return _gate(model, onnx_path, samples, tol, seed, "the artifact's model.onnx")

@@ -1,7 +1,7 @@
 """Engine building, the export stage after the ONNX Runtime gate (DESIGN §5).
 
 tensorrt_unavailable() says why no engine can be built here (None when one can). build_engines() parses
-model.onnx with the plugin override (tensorrt_plugins serves our three op types), builds a strongly
+model.onnx with the plugin override (engines.plugins serves our three op types), builds a strongly
 typed network (the precision is the graph's) with one optimisation profile over batch and seq, keeps
 the timing cache in the artifact, writes engines/<sm_XY>-trt<version>/model.plan, and gates the engine
 against eager PyTorch on the artifact's samples and tolerances (Polygraphy's TrtRunner beside the
@@ -75,8 +75,8 @@ def build_engines(onnx_path: Path, artifact: Path, profile: Profile, model, samp
     import tensorrt as trt
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from . import tensorrt_plugins  # noqa: F401  (registers the plugins)
-    from .parity import compare_samples
+    from . import plugins  # noqa: F401  (registers the plugins)
+    from ..gate.parity import compare_samples
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
