@@ -1,12 +1,18 @@
 """DepthScaleModel: a recurrent-depth decoder (Universal-YOCO style) with BitNet b1.58 linears.
 
-Read top to bottom (DESIGN §1). Shapes: B batch, n positions (real tokens, plus reasoning tokens when
+Read top to bottom (docs/design.md). Shapes: B batch, n positions (real tokens, plus reasoning tokens when
 config.reason_tokens > 0), d = d_model, H heads of size dh, Hkv key/value heads, V vocab.
 
     ids [B, N] -> embed -> (reasoning tokens) -> prelude -> e [B, n, d]
     s_0 = 0; repeat t = 1..T:  u = A·[norm(s); e] -> core layers -> s̃ = norm(u)
                                per-token δ_t, exit, freeze
     global KV from norm(s_T) -> cross-decoder layers (W_Q, W_O only) -> head -> logits [B, N, V]
+
+Exit means exit: once a token is done (δ_t < tol after at least min_iters iterations, or its row's
+max_iters reached) its state s *and* its memory at every core layer (its keys and values: what other
+tokens' queries read of it) are frozen; tokens still running attend to a done token's frozen K/V. So a
+token's outputs depend only on the tokens up to it, and incremental decoding (prefill / decode, with
+caches of the K/V at iteration min(t, exit)) reproduces the whole-sequence pass.
 
 The recursion is exposed step by step (init / step / finish). forward() runs the steps in a Python
 loop, or as one torch while_loop when exporting (or when loop="while"), which becomes one ONNX Loop.
@@ -19,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch._higher_order_ops import while_loop
 
 from .bitlinear import BitLinear, PackedBitLinear, make_linear
@@ -26,10 +33,11 @@ from .config import DepthScaleConfig
 from .exact_math import exact_sqrt, tree_sum
 from .retention import GatedRetention
 from .rope import apply_rope, rope_tables
-from .window_attention import window_attention
+from .window_attention import cached_attention, window_attention
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NO_CAP = 1 << 62            # max_iters of a row without a cap (the step API: the caller decides when to stop)
 
 
 class RMSNorm(nn.Module):
@@ -45,8 +53,22 @@ class RMSNorm(nn.Module):
         return x * torch.reciprocal(exact_sqrt(mean_sq + self.eps)) * self.weight
 
 
+@dataclass
+class Past:
+    """What a mixer reads of the positions before the current ones (incremental decoding).
+
+    memory: the past positions' memory items, chronological, each [B, Hkv, P, dh];
+    q_start [B] int64: position of the first current position; k_start [B]: position of the first past one
+    (q_start - P; positions below 0 are empty slots, never attended)."""
+    memory: tuple[torch.Tensor, ...]
+    q_start: torch.Tensor
+    k_start: torch.Tensor
+
+
 class WindowSelfAttention(nn.Module):
-    """Causal sliding-window self-attention with grouped KV heads and RoPE."""
+    """Causal sliding-window self-attention with grouped KV heads and RoPE.
+
+    A token's memory is its (k, v), each [B, Hkv, n, dh] (RoPE on k)."""
 
     def __init__(self, cfg: DepthScaleConfig):
         super().__init__()
@@ -54,14 +76,31 @@ class WindowSelfAttention(nn.Module):
         self.qkv = make_linear(cfg.d_model, (self.h + 2 * self.h_kv) * self.dh, cfg.bitnet)
         self.out = make_linear(self.h * self.dh, cfg.d_model, cfg.bitnet)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def project(self, x: torch.Tensor, rope) -> tuple[tuple[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, n, d] -> ((q [B, H, n, dh],), memory (k, v))."""
         B, n, _ = x.shape
         q, k, v = self.qkv(x).split([self.h * self.dh, self.h_kv * self.dh, self.h_kv * self.dh], dim=-1)
         q = apply_rope(q.view(B, n, self.h, self.dh).transpose(1, 2), *rope)      # [B, H, n, dh]
         k = apply_rope(k.view(B, n, self.h_kv, self.dh).transpose(1, 2), *rope)   # [B, Hkv, n, dh]
         v = v.view(B, n, self.h_kv, self.dh).transpose(1, 2)                      # [B, Hkv, n, dh]
-        o = window_attention(q, k, v, self.window)                                # [B, H, n, dh]
+        return (q,), (k, v)
+
+    def attend(self, queries, memory, past: Past | None = None) -> torch.Tensor:
+        """The current positions' queries over their own memory (and the past's) -> [B, n, d]."""
+        (q,), (k, v) = queries, memory
+        B, _, n, _ = q.shape
+        if past is None:
+            o = window_attention(q, k, v, self.window)                             # [B, H, n, dh]
+        else:
+            o = cached_attention(q, torch.cat([past.memory[0], k], 2), torch.cat([past.memory[1], v], 2),
+                                 past.q_start, past.k_start, self.window)
         return self.out(o.transpose(1, 2).reshape(B, n, self.h * self.dh))
+
+    def empty_memory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero memory for the positions of x [B, n, d]: (k, v), each [B, Hkv, n, dh]."""
+        B, n, _ = x.shape
+        zero = x.new_zeros(B, self.h_kv, n, self.dh)
+        return zero, zero.clone()
 
 
 class FeedForward(nn.Module):
@@ -77,6 +116,11 @@ class FeedForward(nn.Module):
         return self.w_out(self.w_in(x))
 
 
+def _token_mask(done: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+    """done [B, n] shaped to broadcast over a memory item whose token axis is 2 ([B, heads, n, ...])."""
+    return done.view(done.shape[0], 1, done.shape[1], *([1] * (item.dim() - 3)))
+
+
 class Block(nn.Module):
     """Pre-norm layer: x += mixer(norm(x)); x += FFN(norm(x))."""
 
@@ -90,9 +134,15 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), rope)
-        return x + self.ffn(self.norm2(x))
+    def forward(self, x: torch.Tensor, rope, frozen=None, done: torch.Tensor | None = None,
+                past: Past | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """x [B, n, d] -> (x [B, n, d], memory): this layer's memory of the current positions, where the
+        positions that are done (done [B, n]) keep their `frozen` memory instead of a fresh one."""
+        queries, memory = self.mixer.project(self.norm1(x), rope)
+        if frozen is not None:
+            memory = tuple(torch.where(_token_mask(done, m), f, m) for f, m in zip(frozen, memory))
+        x = x + self.mixer.attend(queries, memory, past)
+        return x + self.ffn(self.norm2(x)), memory
 
 
 class CrossLayer(nn.Module):
@@ -108,12 +158,16 @@ class CrossLayer(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, y: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """y [B, n, d]; k, v [B, Hkv, n, dh] (RoPE on k)."""
+    def forward(self, y: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope,
+                q_start: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, n, d]; k, v [B, Hkv, S, dh] (RoPE on k). Whole sequence (S = n) when q_start is None;
+        else y's positions start at q_start [B] and k, v hold positions 0..S-1 (a decode step)."""
         B, n, _ = y.shape
         q = apply_rope(self.wq(self.norm1(y)).view(B, n, self.h, self.dh).transpose(1, 2), *rope)
-        o = window_attention(q, k, v, self.full_window)                            # [B, H, n, dh]
+        if q_start is None:
+            o = window_attention(q, k, v, self.full_window)                        # [B, H, n, dh]
+        else:
+            o = cached_attention(q, k, v, q_start, torch.zeros_like(q_start), self.full_window)
         y = y + self.wo(o.transpose(1, 2).reshape(B, n, self.h * self.dh))
         return y + self.ffn(self.norm2(y))
 
@@ -125,7 +179,9 @@ class RecurrentState:
     e [B, n, d] prelude output, injected every step; s [B, n, d] hidden state;
     done [B, n] bool; iterations [B, n] int64 (each token's exit iteration, or t while running);
     delta [B, n] activation dtype, the last step's δ (inf before the first step); t, steps taken;
-    rope, the (cos, sin) tables [n, dh/2].
+    memory: per core layer, the memory items the last step used (done tokens' frozen ones), each
+    [B, heads, n, ...]; max_iters [B] int64 and tol [B] float32, each row's budget (a row's tokens are
+    done once t reaches its max_iters); rope, the (cos, sin) tables [n, dh/2] (or [B, 1, n, dh/2]).
     """
 
     e: torch.Tensor
@@ -134,13 +190,21 @@ class RecurrentState:
     iterations: torch.Tensor
     delta: torch.Tensor
     t: int
+    memory: tuple[tuple[torch.Tensor, ...], ...]
+    max_iters: torch.Tensor
+    tol: torch.Tensor
     rope: tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
 class DepthScaleOutput:
-    logits: torch.Tensor       # [B, N, V] activation dtype (float32 unless to_precision), at real-token positions
+    logits: torch.Tensor       # [B, N, V] float32, at real-token positions
     iterations: torch.Tensor   # [B, N] int64, each token's exit iteration
+
+
+def per_row(value, batch: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """A scalar, or a [] or [B] tensor -> a [B] tensor of `dtype` (each row's max_iters or tol)."""
+    return torch.as_tensor(value, dtype=dtype, device=device).expand(batch).clone()
 
 
 class DepthScaleModel(nn.Module):
@@ -171,10 +235,10 @@ class DepthScaleModel(nn.Module):
         else:
             nn.init.normal_(self.head.weight, std=cfg.d_model ** -0.5)
 
-    # ---- the recursion, step by step -------------------------------------------------------------
+    # ---- the pieces of a pass ----------------------------------------------------------------------
 
-    def init(self, input_ids: torch.Tensor) -> RecurrentState:
-        """Embedding and prelude. input_ids int64 [B, N] -> state with t = 0, s = 0."""
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids int64 [B, N] -> x [B, n, d], each real token followed by its reasoning tokens."""
         cfg = self.config
         x = self.embed(input_ids)                                                  # [B, N, d]
         if cfg.scale_embeddings:
@@ -183,107 +247,201 @@ class DepthScaleModel(nn.Module):
             B, N, d = x.shape
             r = self.reason[None, None].expand(B, N, cfg.reason_tokens, d)
             x = torch.cat([x[:, :, None], r], dim=2).reshape(B, N * (1 + cfg.reason_tokens), d)
-        rope = (self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]])
-        for block in self.prelude:
-            x = block(x, rope)
-        B, n, _ = x.shape
-        return RecurrentState(
-            e=x, s=torch.zeros_like(x),
-            done=torch.zeros(B, n, dtype=torch.bool, device=x.device),
-            iterations=torch.zeros(B, n, dtype=torch.int64, device=x.device),
-            delta=torch.full((B, n), float("inf"), dtype=x.dtype, device=x.device),
-            t=0, rope=rope)
+        return x
 
-    def step(self, state: RecurrentState, tol: float | None = None) -> RecurrentState:
-        """One application of the shared core: t -> t + 1. Done tokens keep their state."""
-        tol = self.config.tol if tol is None else tol
+    def rope_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables at per-row positions int64 [B, n] -> (cos, sin), each [B, 1, n, dh/2]."""
+        return self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+
+    def global_kv(self, s: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """YOCO's global keys and values from the final states s [B, n, d]: k, v [B, Hkv, n, dh]."""
+        cfg = self.config
+        B, n, _ = s.shape
+        k, v = self.kv(self.kv_norm(s)).chunk(2, dim=-1)
+        k = apply_rope(k.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2), *rope)
+        return k, v.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+
+    def decode_out(self, s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope, iterations: torch.Tensor,
+                   q_start: torch.Tensor | None = None) -> DepthScaleOutput:
+        """Cross-decoder over the global k, v and the head; reads real-token positions only.
+
+        The head runs in float64 and rounds once: a float32 matmul's result depends on how many rows it
+        has (1 in a decode step, n in a whole pass), its float64 result rounded to float32 does not."""
+        y = s
+        for layer in self.cross:
+            y = layer(y, k, v, rope, q_start)
+        logits = F.linear(self.head_norm(y).double(), self.head.weight.double()).to(s.dtype)   # [B, n, V]
+        step = 1 + self.config.reason_tokens
+        return DepthScaleOutput(logits=logits[:, ::step], iterations=iterations[:, ::step])
+
+    # ---- the recursion, step by step -------------------------------------------------------------
+
+    def init(self, input_ids: torch.Tensor, max_iters=None, tol=None, lengths: torch.Tensor | None = None
+             ) -> RecurrentState:
+        """Embedding and prelude: input_ids int64 [B, N] -> state with t = 0, s = 0.
+
+        max_iters, tol: each row's budget (scalars, or [B]); by default no cap (the caller decides when
+        to stop stepping) and config.tol. lengths int64 [B]: real tokens per row (right padding after
+        them); padding positions are done from the start and never iterate."""
+        state, _ = self._start(input_ids, max_iters, tol, lengths)
+        return state
+
+    def _start(self, input_ids, max_iters, tol, lengths) -> tuple[RecurrentState, list]:
+        """init(), also returning each prelude layer's memory of every position."""
+        x = self.embed_tokens(input_ids)
+        rope = (self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]])
+        prelude_memory = []
+        for block in self.prelude:
+            x, memory = block(x, rope)
+            prelude_memory.append(memory)
+        B = x.shape[0]
+        max_iters = per_row(NO_CAP if max_iters is None else max_iters, B, torch.int64, x.device)
+        tol = per_row(self.config.tol if tol is None else tol, B, torch.float32, x.device)
+        return self._fresh_state(x, rope, max_iters, tol, self._position_lengths(input_ids, lengths)), prelude_memory
+
+    def _position_lengths(self, input_ids, lengths) -> torch.Tensor | None:
+        return None if lengths is None else lengths.to(input_ids.device) * (1 + self.config.reason_tokens)
+
+    def _fresh_state(self, e, rope, max_iters, tol, position_lengths=None) -> RecurrentState:
+        """t = 0: s = 0; done where the row's budget is 0 or the position is padding (>= its row's length)."""
+        B, n, _ = e.shape
+        done = (max_iters <= 0)[:, None].expand(B, n)
+        if position_lengths is not None:
+            done = done | (torch.arange(n, device=e.device)[None, :] >= position_lengths[:, None])
+        return RecurrentState(
+            e=e, s=torch.zeros_like(e), done=done.clone(),
+            iterations=torch.zeros(B, n, dtype=torch.int64, device=e.device),
+            delta=torch.full((B, n), float("inf"), dtype=e.dtype, device=e.device),
+            t=0, memory=tuple(block.mixer.empty_memory(e) for block in self.core),
+            max_iters=max_iters, tol=tol, rope=rope)
+
+    def step(self, state: RecurrentState, tol=None, past=None) -> RecurrentState:
+        """One application of the shared core: t -> t + 1. Done tokens keep their state and memory.
+
+        tol (a scalar or [B]) replaces the state's for this step and the next. past: the per-layer
+        decode cache of the previous positions (a decode step; see decode())."""
+        if tol is not None:
+            state = replace(state, tol=per_row(tol, state.s.shape[0], torch.float32, state.s.device))
         t = state.t + 1
-        s, done, iterations, delta = self._core_step(state.e, state.s, state.done, state.iterations,
-                                                     t, tol, state.rope)
-        return replace(state, s=s, done=done, iterations=iterations, delta=delta, t=t)
+        s, done, iterations, delta, memory = self._core_step(
+            state.e, state.s, state.done, state.iterations, state.memory, t, state.tol, state.max_iters,
+            state.rope, past)
+        return replace(state, s=s, done=done, iterations=iterations, delta=delta, memory=memory, t=t)
 
     def finish(self, state: RecurrentState) -> DepthScaleOutput:
         """Global KV (computed once), cross-decoder and head; reads real-token positions only."""
-        cfg = self.config
-        B, n, _ = state.s.shape
-        k, v = self.kv(self.kv_norm(state.s)).chunk(2, dim=-1)
-        k = apply_rope(k.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2), *state.rope)
-        v = v.view(B, n, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)             # [B, Hkv, n, dh]
-        y = state.s
-        for layer in self.cross:
-            y = layer(y, k, v, state.rope)
-        logits = self.head(self.head_norm(y))                                      # [B, n, V]
-        iterations = state.iterations
-        if cfg.reason_tokens:
-            logits = logits[:, :: 1 + cfg.reason_tokens]
-            iterations = iterations[:, :: 1 + cfg.reason_tokens]
-        return DepthScaleOutput(logits=logits, iterations=iterations)
+        k, v = self.global_kv(state.s, state.rope)
+        return self.decode_out(state.s, k, v, state.rope, state.iterations)
 
-    def _core_step(self, e, s, done, iterations, t, tol, rope):
-        """The body of the recursion, shared by step() and the while_loop. t: int or int64 [] tensor.
-
-        Returns fresh tensors (s [B,n,d], done [B,n], iterations [B,n], delta [B,n]).
-        """
+    def _core_step(self, e, s, done, iterations, memory, t, tol, max_iters, rope, past=None):
+        """The body of the recursion, shared by step() and the while_loop. t: int or int64 [] tensor;
+        tol float32 [B], max_iters int64 [B]. past: None (the whole sequence), or the decode cache
+        (see _past_at). Returns fresh tensors s, done, iterations, delta and the memory used."""
         u = self.inject(torch.cat([self.inject_norm(s), e], dim=-1))               # [B, n, d]
-        for block in self.core:
-            u = block(u, rope)
+        used = []
+        for i, (block, frozen) in enumerate(zip(self.core, memory)):
+            u, layer_memory = block(u, rope, frozen, done, None if past is None else past(i, t))
+            used.append(layer_memory)
         s_new = self.core_norm(u)
         diff = s_new - s
         delta = (exact_sqrt(tree_sum(diff * diff)) / (
             exact_sqrt(tree_sum(s_new * s_new)) + self.config.norm_eps)).squeeze(-1)  # [B, n]
         s_next = torch.where(done[..., None], s, s_new)
-        exits = (~done) & (t >= self.config.min_iters) & (delta < tol)
+        exits = (t >= self.config.min_iters) & (delta < tol[:, None])
+        capped = (t >= max_iters)[:, None]
         iterations = torch.where(done, iterations, t)
-        return s_next, done | exits, iterations, delta
+        return s_next, done | exits | capped, iterations, delta, tuple(used)
 
     # ---- whole passes ----------------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, max_iters=None, tol=None) -> DepthScaleOutput:
-        """input_ids int64 [B, N]; max_iters int (or int64 []), default config.max_iters;
-        tol float (or float32 []), default config.tol. Returns logits [B, N, V], iterations [B, N]."""
+    def forward(self, input_ids: torch.Tensor, max_iters=None, tol=None,
+                lengths: torch.Tensor | None = None) -> DepthScaleOutput:
+        """input_ids int64 [B, N]; max_iters int, or int64 [] or [B] (each row's budget), default
+        config.max_iters; tol float, or float32 [] or [B], default config.tol; lengths int64 [B], real
+        tokens per row when right-padded (default N). Returns logits [B, N, V], iterations [B, N]
+        (padding positions: 0 iterations, logits of no meaning)."""
         max_iters = self.config.max_iters if max_iters is None else max_iters
-        tol = self.config.tol if tol is None else tol
-        state = self.init(input_ids)
+        state = self.init(input_ids, max_iters, tol, lengths)
+        return self.finish(self.recur(state))
+
+    def recur(self, state: RecurrentState, past=None, record=None):
+        """Step until every row's budget is spent or every token is done: a Python loop, a truncated
+        loop when training, or one while_loop (exporting, or loop="while"). record: see _recur_while.
+        Returns the final state (and the records, when asked for)."""
         if self.training and torch.is_grad_enabled():
-            state = self._recur_truncated(state, int(max_iters), float(tol))
-        elif self.loop == "while" or (self.loop == "auto" and torch.compiler.is_exporting()):
-            state = self._recur_while(state, max_iters, tol)
-        else:
-            state = self._recur_python(state, int(max_iters), float(tol))
-        return self.finish(state)
+            return self._recur_truncated(state)
+        if self.loop == "while" or (self.loop == "auto" and torch.compiler.is_exporting()):
+            return self._recur_while(state, past, record)
+        return self._recur_python(state, past, record)
 
-    def _recur_python(self, state: RecurrentState, max_iters: int, tol: float) -> RecurrentState:
-        while state.t < max_iters and not bool(state.done.all()):
-            state = self.step(state, tol)
-        return state
+    def _trip(self, state: RecurrentState):
+        """The most steps any row may take: max(max_iters), at least 0."""
+        return state.max_iters.max().clamp(min=0)
 
-    def _recur_truncated(self, state: RecurrentState, max_iters: int, tol: float) -> RecurrentState:
+    def _recur_python(self, state: RecurrentState, past=None, record=None, until: int | None = None):
+        until = int(self._trip(state)) if until is None else until
+        records = None if record is None else record.start(state)
+        while state.t < until and not bool(state.done.all()):
+            state = self.step(state, past=past)
+            if record is not None:
+                records = record.write(records, state.memory, state.t)
+        return state if record is None else (state, record.finish(records, state.memory, state.t))
+
+    def _recur_truncated(self, state: RecurrentState) -> RecurrentState:
         """Training: the first T - grad_iters steps without autograd, the last grad_iters with it."""
-        free = max(0, max_iters - self.config.grad_iters)
+        until = int(self._trip(state))
         with torch.no_grad():
-            state = self._recur_python(state, free, tol)
-        state = replace(state, s=state.s.detach())
-        return self._recur_python(state, max_iters, tol)
+            state = self._recur_python(state, until=max(0, until - self.config.grad_iters))
+        state = replace(state, s=state.s.detach(), memory=tuple(tuple(m.detach() for m in layer)
+                                                                for layer in state.memory))
+        return self._recur_python(state, until=until)
 
-    def _recur_while(self, state: RecurrentState, max_iters, tol) -> RecurrentState:
-        """The same recursion as one torch while_loop (one ONNX Loop on export)."""
-        device = state.s.device
-        max_iters = torch.as_tensor(max_iters, dtype=torch.int64, device=device)
-        tol = torch.as_tensor(tol, dtype=torch.float32, device=device)
-        e, rope = state.e, state.rope
+    def _recur_while(self, state: RecurrentState, past=None, record=None):
+        """The same recursion as one torch while_loop (one ONNX Loop on export).
 
-        def cond(t, s, done, iterations, delta):
-            return (t < max_iters) & ~done.all()
+        record: a Recorder that keeps each iteration's memory of some positions (the decode cache's);
+        its tensors are carried through the loop."""
+        e, rope, tol, max_iters = state.e, state.rope, state.tol, state.max_iters
+        trip = self._trip(state)
+        shapes = [len(layer) for layer in state.memory]
+        records = [] if record is None else list(record.start(state))
 
-        def body(t, s, done, iterations, delta):
+        def unflatten(flat):
+            it = iter(flat)
+            return tuple(tuple(next(it) for _ in range(k)) for k in shapes)
+
+        def cond(t, s, done, iterations, delta, *rest):
+            return (t < trip) & ~done.all()
+
+        def body(t, s, done, iterations, delta, *rest):
+            memory, recs = unflatten(rest[:sum(shapes)]), rest[sum(shapes):]
             t = t + 1
-            s, done, iterations, delta = self._core_step(e, s, done, iterations, t, tol, rope)
-            return t, s, done, iterations, delta
+            s, done, iterations, delta, memory = self._core_step(e, s, done, iterations, memory, t, tol,
+                                                                  max_iters, rope, past)
+            flat = [m for layer in memory for m in layer]
+            if record is not None:
+                recs = record.write(recs, memory, t)
+            return (t, s, done, iterations, delta, *flat, *recs)
 
-        t0 = torch.zeros((), dtype=torch.int64, device=device)
-        t, s, done, iterations, delta = while_loop(
-            cond, body, (t0, state.s, state.done, state.iterations, state.delta))
-        return replace(state, s=s, done=done, iterations=iterations, delta=delta, t=t)
+        t0 = torch.zeros((), dtype=torch.int64, device=state.s.device)
+        flat = [m for layer in state.memory for m in layer]
+        t, s, done, iterations, delta, *rest = while_loop(
+            cond, body, (t0, state.s, state.done, state.iterations, state.delta, *flat, *records))
+        memory = unflatten(rest[:sum(shapes)])
+        state = replace(state, s=s, done=done, iterations=iterations, delta=delta, memory=memory, t=t)
+        return state if record is None else (state, record.finish(tuple(rest[sum(shapes):]), memory, t))
+
+    # ---- incremental decoding (depthscale/decode.py) -----------------------------------------------
+
+    def prefill(self, input_ids, lengths=None, max_iters=None, tol=None, capacity=None, cache_iters=None):
+        """The whole-sequence pass plus the cache a decode step needs. See depthscale.decode.prefill."""
+        from .decode import prefill
+        return prefill(self, input_ids, lengths, max_iters, tol, capacity, cache_iters)
+
+    def decode(self, cache, input_ids):
+        """The next tokens (int64 [B, c]) against the cache -> (output, new cache). See depthscale.decode.decode."""
+        from .decode import decode
+        return decode(self, cache, input_ids)
 
     # ---- deployment form -------------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ bit-identical across backends (see exact_math.py).
 otherwise the custom op torch.ops.depthscale.window_attention, which the exporter turns into one ONNX
 node. Both run the same arithmetic, so their results are identical. The ONNX function body
 (depthscale_export.graph.ops.WindowAttention) mirrors this file step for step.
+
+`cached_attention` is the incremental-decoding form: a few new queries against keys given with their
+positions (a decode cache's window, or the global KV), one [c, S] score block per row; the custom op
+torch.ops.depthscale.cached_attention (ONNX node CachedAttention) runs it.
 """
 
 from __future__ import annotations
@@ -90,6 +94,37 @@ def blocked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     allowed = ((dist >= 0) & (dist < window))[None] & (j[None] >= (R - blk) * b)   # [nb, b, (R+1)b]
     out = _softmax_attend(qb, kb, vb, allowed)                     # [B, H, nb, b, D]
     return out.reshape(B, H, nb * b, D)[:, :, :n].to(dtype)
+
+
+def positioned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: torch.Tensor,
+                         k_start: torch.Tensor, window: int) -> torch.Tensor:
+    """q [B, H, c, D], k/v [B, Hkv, S, D]; query i of row b sits at position q_start[b] + i and key j at
+    k_start[b] + j (q_start, k_start int64 [B]). Query i attends to key j iff 0 <= qpos - kpos < window and
+    kpos >= 0 (keys at negative positions are empty cache slots). Float64 inside, as
+    blocked_window_attention: the same float32 result as the whole-sequence pass gives those queries
+    (in all but vanishingly rare cases). Returns [B, H, c, D] in q's dtype."""
+    B, H, c, D = q.shape
+    S = k.shape[2]
+    group = H // k.shape[1]
+    qpos = q_start[:, None] + torch.arange(c, device=q.device)                  # [B, c]
+    kpos = k_start[:, None] + torch.arange(S, device=q.device)                  # [B, S]
+    dist = qpos[:, :, None] - kpos[:, None, :]                                  # [B, c, S]
+    allowed = (dist >= 0) & (dist < window) & (kpos[:, None, :] >= 0)
+    out = _softmax_attend(q.double(), k.double().repeat_interleave(group, dim=1),
+                          v.double().repeat_interleave(group, dim=1), allowed[:, None])
+    return out.to(q.dtype)
+
+
+@torch.library.custom_op("depthscale::cached_attention", mutates_args=())
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: torch.Tensor,
+                     k_start: torch.Tensor, window: int) -> torch.Tensor:
+    """Custom-op form of positioned_attention (same contract)."""
+    return positioned_attention(q, k, v, q_start, k_start, window)
+
+
+@cached_attention.register_fake
+def _(q, k, v, q_start, k_start, window):
+    return torch.empty_like(q)
 
 
 @torch.library.custom_op("depthscale::window_attention", mutates_args=())
