@@ -164,7 +164,8 @@ def decode(model: DepthScaleModel, cache: DecodeCache, input_ids: torch.Tensor
     c = x.shape[1]
     starts = cache.lengths * (1 + cfg.reason_tokens)                              # first new position per row
     positions = starts[:, None] + torch.arange(c)                                  # [B, c']
-    if int(positions.max()) >= model.rope_cos.shape[0]:
+    eager = not torch.compiler.is_exporting()
+    if eager and int(positions.max()) >= model.rope_cos.shape[0]:
         raise ValueError(f"decoding past max_seq_len ({cfg.max_seq_len} tokens)")
     rope = model.rope_at(positions)
     prelude = []
@@ -178,7 +179,7 @@ def decode(model: DepthScaleModel, cache: DecodeCache, input_ids: torch.Tensor
     new = _stack_layers(list(records), cfg.core_layers, axis=2)                    # [B, L_c, T, 2, Hkv, c', dh]
     k, v = model.global_kv(state.s, rope)
     global_kv = cache.global_kv
-    if int(positions.max()) >= global_kv.shape[3]:                                 # grow (eager only)
+    if eager and int(positions.max()) >= global_kv.shape[3]:                       # grow (eager only)
         global_kv = F.pad(global_kv, (0, 0, 0, int(positions.max()) + 1 - global_kv.shape[3]))
     index = positions[:, None, None, :, None].expand(B, 2, cfg.n_kv_heads, c, cfg.head_dim)
     global_kv = global_kv.scatter(3, index, torch.stack([k, v], dim=1))

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from depthscale.bitlinear import pack_ternary, ternarize
 from depthscale.model import PRECISIONS
-from depthscale.window_attention import CHUNKED_FROM, window_attention_op
+from depthscale.window_attention import CHUNKED_FROM, cached_attention, window_attention_op
 
 from ..graph.ops import DOMAIN, DOMAIN_VERSION, PLUGIN_ATTRS, function_protos
 
@@ -89,6 +89,22 @@ def check_window_attention(rng: np.random.Generator, opset: int, B=2, H=4, Hkv=2
                    expected, exact=False, atol=ATTENTION_ATOL[precision])
 
 
+def check_cached_attention(rng: np.random.Generator, opset: int, B=3, H=4, Hkv=2, c=1, S=12, D=8, window=5,
+                           precision: str = "fp32") -> dict:
+    """New queries against keys by position, as a decode step reads its window cache (k_start = q_start - P,
+    some rows with slots before position 0) or the global KV (k_start = 0, a capacity past the queries)."""
+    q, k, v = (_in_precision(rng.standard_normal(shape).astype(np.float32), precision)
+               for shape in ((B, H, c, D), (B, Hkv, S, D), (B, Hkv, S, D)))
+    q_start = torch.from_numpy(rng.integers(0, 2 * S, B).astype(np.int64))
+    k_start = q_start - (S - c) if window < S else torch.zeros(B, dtype=torch.int64)
+    expected = cached_attention(q, k, v, q_start, k_start, window).float().numpy()
+    feeds = {"Q": q.float().numpy(), "K": k.float().numpy(), "V": v.float().numpy(),
+             "QStart": q_start.numpy(), "KStart": k_start.numpy()}
+    got = _run(one_node_model("CachedAttention", feeds, {"window": window}, opset, precision), feeds)
+    return _result("CachedAttention", f"{precision} q[{B},{H},{c},{D}] keys {S} window {window} "
+                   f"q_start {q_start.tolist()}", got, expected, exact=False, atol=ATTENTION_ATOL[precision])
+
+
 def _result(op_type, case, got, expected, exact, atol=0.0) -> dict:
     same_shape = got.shape == expected.shape
     err = float(np.max(np.abs(got - expected))) if same_shape and got.size else (0.0 if same_shape else float("inf"))
@@ -108,4 +124,7 @@ def check_ops(opset: int, seed: int = 0, precision: str = "fp32") -> list[dict]:
     results += [check_window_attention(rng, opset, n=n, window=w, Hkv=hkv, precision=precision) for n, w, hkv in
                 ((19, 5, 2), (1, 4, 4), (7, 64, 1), (40, 8, 2), (CHUNKED_FROM + 37, 4096, 2),
                  (203, 8, 2))]                        # 203 tokens, window 8: 51 blocks, past BLOCKS_CHUNKED_FROM
+    # a window cache (S = P + c keys, window P + 1) and the global KV (capacity S, a full window)
+    results += [check_cached_attention(rng, opset, c=c, S=S, window=w, Hkv=hkv, precision=precision)
+                for c, S, w, hkv in ((1, 4, 4, 2), (3, 10, 8, 1), (2, 33, 4096, 2), (1, 64, 4096, 4))]
     return results

@@ -30,6 +30,8 @@ _ds = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
 
 def _schema(name: str, inputs: list[tuple[str, str]], attr: str, doc: str) -> OpSchema:
+    """A "depthscale" op: float inputs T (the model's precision), packed weights U, scales F, positions I;
+    one output Y of type T; an int attribute `attr` and the plugin attributes."""
     FP = OpSchema.FormalParameter
     attrs = [OpSchema.Attribute(attr, OpSchema.AttrType.INT, ""),
              OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, ""),
@@ -37,7 +39,8 @@ def _schema(name: str, inputs: list[tuple[str, str]], attr: str, doc: str) -> Op
     return OpSchema(name, DOMAIN, DOMAIN_VERSION, doc=doc,
                     inputs=[FP(n, t) for n, t in inputs], outputs=[FP("Y", "T")],
                     type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
-                                      ("U", ["tensor(uint8)"], ""), ("F", ["tensor(float)"], "")],
+                                      ("U", ["tensor(uint8)"], ""), ("F", ["tensor(float)"], ""),
+                                      ("I", ["tensor(int64)"], "")],
                     attributes=attrs)
 
 
@@ -47,9 +50,15 @@ GATED_BITLINEAR_SCHEMA = _schema("GatedBitLinear", [("X", "T"), ("W", "U"), ("G"
                                  "BitLinear(silu(a) · b) for X = [a, b] [..., 2·in]; the FFN down projection")
 WINDOW_ATTENTION_SCHEMA = _schema("WindowAttention", [("Q", "T"), ("K", "T"), ("V", "T")], "window",
                                   "causal sliding-window attention, Q [B,H,n,D], K/V [B,Hkv,n,D]")
+CACHED_ATTENTION_SCHEMA = _schema("CachedAttention", [("Q", "T"), ("K", "T"), ("V", "T"), ("QStart", "I"),
+                                                     ("KStart", "I")], "window",
+                                  "attention by position (incremental decoding): Q [B,H,c,D] at positions "
+                                  "QStart[b] + i, K/V [B,Hkv,S,D] at KStart[b] + j; query i reads key j iff "
+                                  "0 <= qpos - kpos < window and kpos >= 0")
 _BitLinearNode = onnxscript.values.Op(_ds, "BitLinear", BITLINEAR_SCHEMA)
 _GatedBitLinearNode = onnxscript.values.Op(_ds, "GatedBitLinear", GATED_BITLINEAR_SCHEMA)
 _WindowAttentionNode = onnxscript.values.Op(_ds, "WindowAttention", WINDOW_ATTENTION_SCHEMA)
+_CachedAttentionNode = onnxscript.values.Op(_ds, "CachedAttention", CACHED_ATTENTION_SCHEMA)
 
 
 def translate_bitlinear(x, w_packed, gamma, in_features: int):
@@ -64,6 +73,10 @@ def translate_window_attention(q, k, v, window: int):
     return _WindowAttentionNode(q, k, v, window=window, **PLUGIN_ATTRS)
 
 
+def translate_cached_attention(q, k, v, q_start, k_start, window: int):
+    return _CachedAttentionNode(q, k, v, q_start, k_start, window=window, **PLUGIN_ATTRS)
+
+
 def translation_table() -> dict:
     """For torch.onnx.export(custom_translation_table=...)."""
     import torch
@@ -72,7 +85,8 @@ def translation_table() -> dict:
     import depthscale.window_attention  # noqa: F401
     return {torch.ops.depthscale.bitlinear.default: translate_bitlinear,
             torch.ops.depthscale.gated_bitlinear.default: translate_gated_bitlinear,
-            torch.ops.depthscale.window_attention.default: translate_window_attention}
+            torch.ops.depthscale.window_attention.default: translate_window_attention,
+            torch.ops.depthscale.cached_attention.default: translate_cached_attention}
 
 
 # ---- function bodies (mirror depthscale/bitlinear.py and depthscale/window_attention.py) ----------
@@ -275,8 +289,43 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     return op.CastLike(out, like)
 
 
+@script(_ds, default_opset=op)
+def CachedAttention(Q: FLOAT, K: FLOAT, V: FLOAT, QStart: INT64, KStart: INT64, window: int) -> FLOAT:
+    """depthscale.window_attention.positioned_attention: float64 inside, query heads grouped by the KV head
+    they share (broadcast, no expanded K/V). K is transposed before its Cast to float64, so no Transpose
+    feeds a float64 MatMul (ONNX Runtime 1.21-1.25 fuse that pair into a FusedMatMul without a float64
+    kernel)."""
+    one = op.Constant(value_ints=[1])
+    B = op.Shape(Q, start=0, end=1)
+    H = op.Shape(Q, start=1, end=2)
+    c = op.Shape(Q, start=2, end=3)
+    D = op.Shape(Q, start=3, end=4)
+    Hkv = op.Shape(K, start=1, end=2)
+    S = op.Shape(K, start=2, end=3)
+    G = op.Div(H, Hkv)
+    like = op.Identity(Q)                                   # the result's dtype: the model's precision
+    step = op.Constant(value_int=1)
+    zero = op.Constant(value_int=0)
+    qpos = op.Add(op.Unsqueeze(QStart, one), op.Unsqueeze(op.Range(zero, op.Squeeze(c), step), [0]))   # [B, c]
+    kpos = op.Add(op.Unsqueeze(KStart, one), op.Unsqueeze(op.Range(zero, op.Squeeze(S), step), [0]))   # [B, S]
+    dist = op.Sub(op.Unsqueeze(qpos, [2]), op.Unsqueeze(kpos, one))                                     # [B, c, S]
+    w = op.Constant(value_int=window)
+    allowed = op.And(op.And(op.GreaterOrEqual(dist, zero), op.Less(dist, w)),
+                     op.GreaterOrEqual(op.Unsqueeze(kpos, one), zero))
+    bias = op.Unsqueeze(op.Where(allowed, op.Cast(op.Constant(value_float=0.0), to=11),
+                                 op.Cast(op.Constant(value_float=float("-inf")), to=11)), [1, 2])   # [B,1,1,c,S]
+    scale = op.Reciprocal(op.Sqrt(op.Cast(D, to=11)))
+    q = op.Mul(op.Reshape(op.Cast(Q, to=11), op.Concat(B, Hkv, G, c, D, axis=0)), scale)            # [B,Hkv,G,c,D]
+    kt = op.Unsqueeze(op.Cast(op.Transpose(K, perm=[0, 1, 3, 2]), to=11), [2])                     # [B,Hkv,1,D,S]
+    v = op.Unsqueeze(op.Cast(V, to=11), [2])                                                       # [B,Hkv,1,S,D]
+    probs = op.Softmax(op.Add(op.MatMul(q, kt), bias), axis=-1)
+    out = op.Reshape(op.MatMul(probs, v), op.Concat(B, H, c, D, axis=0))
+    return op.CastLike(out, like)
+
+
 BODY_HELPERS = ("UnpackTernary", "QuantizedProduct", "GatedProduct", "CausalChunk", "BlockAttend")  # called by bodies
-FUNCTIONS = (BitLinear, WindowAttention, UnpackTernary, QuantizedProduct, GatedProduct, CausalChunk, BlockAttend)
+FUNCTIONS = (BitLinear, WindowAttention, CachedAttention, UnpackTernary, QuantizedProduct, GatedProduct, CausalChunk,
+             BlockAttend)
 
 
 def _gated_bitlinear(bitlinear: onnx.FunctionProto) -> onnx.FunctionProto:
