@@ -152,10 +152,10 @@ def _core_past(core: torch.Tensor, starts: torch.Tensor, P: int):
     return past
 
 
-def decode(model: DepthScaleModel, cache: DecodeCache, input_ids: torch.Tensor
-           ) -> tuple[DepthScaleOutput, DecodeCache]:
+def decode(model: DepthScaleModel, cache: DecodeCache, input_ids: torch.Tensor, return_state: bool = False):
     """The next real tokens input_ids int64 [B, c] (usually c = 1) after each row's cached ones.
-    Returns (logits [B, c, V], iterations [B, c]) and the cache with them appended."""
+    Returns (logits [B, c, V], iterations [B, c]) and the cache with them appended (and, with
+    return_state, the recursion's final state: the parity gate's per-iteration check reads its s)."""
     check_decodable(model)
     cfg = model.config
     B = input_ids.shape[0]
@@ -184,6 +184,6 @@ def decode(model: DepthScaleModel, cache: DecodeCache, input_ids: torch.Tensor
     index = positions[:, None, None, :, None].expand(B, 2, cfg.n_kv_heads, c, cfg.head_dim)
     global_kv = global_kv.scatter(3, index, torch.stack([k, v], dim=1))
     out = model.decode_out(state.s, global_kv[:, 0], global_kv[:, 1], rope, state.iterations, q_start=starts)
-    return out, replace(cache, prelude=torch.stack(prelude, dim=1) if prelude else cache.prelude,
-                        core=shift_in(cache.core, new), global_kv=global_kv,
-                        lengths=cache.lengths + input_ids.shape[1])
+    cache = replace(cache, prelude=torch.stack(prelude, dim=1) if prelude else cache.prelude,
+                    core=shift_in(cache.core, new), global_kv=global_kv, lengths=cache.lengths + input_ids.shape[1])
+    return (out, cache, state) if return_state else (out, cache)

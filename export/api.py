@@ -1,7 +1,9 @@
 """export(): checkpoint or model -> artifact directory, gated on parity with eager PyTorch.
 
-Stages (each timed, reported on stderr unless quiet): load, export, functions (our graph passes,
-then any of yours), check, parity, engines (TensorRT, where it and a GPU are present), write.
+Stages (each timed, reported on stderr unless quiet): load, export (the forward graph, and the prefill
+and decode graphs where the model decodes incrementally), functions (our graph passes, then any of
+yours, on every graph), check, parity (the forward gate, the op checks, the decoding gate), engines
+(TensorRT, where it and a GPU are present), write.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from depthscale.model import PRECISIONS
 from depthscale.atomic_dir import staging_dir
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, write_json
-from .graph.export import DEFAULT_OPSET, export_graph, finish_graph
+from .decode.gate import DecodeSample, make_decode_samples, run_decode_gate
+from .decode.graphs import decode_spec, decode_unavailable, prefill_spec
+from .graph.export import DEFAULT_OPSET, GraphSpec, export_graph, finish_graph, forward_spec
 from .graph.ops import DOMAIN, DOMAIN_VERSION
+from .graph.weights import WEIGHTS_FILE, save_graphs
 from .gate.op_check import check_ops
 from .gate.parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
 from .engines.tensorrt import Profile, build_engines, tensorrt_unavailable
@@ -55,13 +60,16 @@ class ExportOptions:
     precision: str = "fp32"                              # "fp32" | "fp16" | "bf16": the activations' dtype
     tolerances: Tolerances | None = None                 # default: DEFAULT_TOLERANCES[precision]
     shapes: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1), (1, 7), (3, 24)])
+    # decoding gate: (batch, prompt, new): a ragged batch (row b's prompt has prompt - b tokens), then
+    # `new` tokens decoded one at a time; each at the cap and at the tols below
+    decode_shapes: list[tuple[int, int, int]] = field(default_factory=lambda: [(1, 1, 16), (3, 12, 64)])
     iters: list[int] | None = None                       # default: 0, 1, 4 and the cap
     tols: list[float] | None = None                      # default: 0 and config.tol
     seed: int = 0
     force: bool = False
     quiet: bool = False
-    # your own passes (onnx_ir.Model -> None, in place), run after ours and before the gate, so the
-    # gate verifies them
+    # your own passes (onnx_ir.Model -> None, in place), run on every graph (model.graph.name says which:
+    # "model", "prefill" or "decode") after ours and before the gate, so the gate verifies them
     graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
     engines: bool = True                                 # build TensorRT engines where TensorRT and a GPU are present
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
@@ -92,21 +100,27 @@ def _load(source) -> DepthScaleModel:
         raise BadInput(str(e)) from None
 
 
-def _export(model: DepthScaleModel, cap: int, opset: int) -> ir.Model:
-    try:
-        return export_graph(model, cap, opset)
-    except Exception as e:  # noqa: BLE001 - torch.onnx raises many types; all mean "export failed"
-        raise ExportFailed(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-
-
-def _passes(onnx_model: ir.Model, graph_passes) -> None:
-    finish_graph(onnx_model)
-    for graph_pass in graph_passes:
+def _export(model: DepthScaleModel, specs: list[GraphSpec], opset: int) -> dict[str, ir.Model]:
+    graphs = {}
+    for spec in specs:
         try:
-            graph_pass(onnx_model)
-        except Exception as e:  # noqa: BLE001 - a user pass failing means the export failed
-            raise ExportFailed(f"graph pass {getattr(graph_pass, '__name__', graph_pass)} failed: "
-                               f"{type(e).__name__}: {e}") from e
+            graphs[spec.name] = export_graph(model, spec, opset)
+        except Exception as e:  # noqa: BLE001 - torch.onnx raises many types; all mean "export failed"
+            raise ExportFailed(f"{spec.filename}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        graphs[spec.name].graph.name = spec.name
+    return graphs
+
+
+def _passes(graphs: dict[str, ir.Model], graph_passes, metadata: dict[str, str]) -> None:
+    for onnx_model in graphs.values():
+        finish_graph(onnx_model)
+        for graph_pass in graph_passes:
+            try:
+                graph_pass(onnx_model)
+            except Exception as e:  # noqa: BLE001 - a user pass failing means the export failed
+                raise ExportFailed(f"graph pass {getattr(graph_pass, '__name__', graph_pass)} failed on "
+                                   f"{onnx_model.graph.name}.onnx: {type(e).__name__}: {e}") from e
+        onnx_model.metadata_props.update(metadata)
 
 
 def export(source, out_dir, options: ExportOptions | None = None, **overrides) -> dict:
@@ -142,21 +156,32 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     for b, n in opts.shapes:
         if b < 1 or not 1 <= n <= cfg.max_seq_len:
             raise BadInput(f"parity shape {b}x{n} is outside batch >= 1, 1 <= seq <= {cfg.max_seq_len}")
-    onnx_model = progress.stage("export", _export, model, cap, opts.opset)
-    progress.stage("functions", _passes, onnx_model, opts.graph_passes)
+    for b, p, k in opts.decode_shapes:
+        if b < 1 or p < 1 or k < 0 or p + k > cfg.max_seq_len:
+            raise BadInput(f"decode shape {b}x{p}+{k} is outside batch >= 1, prompt >= 1, new >= 0, "
+                           f"prompt + new <= {cfg.max_seq_len}")
+    specs = [forward_spec(model, cap)]
+    no_decode = decode_unavailable(model)
+    if no_decode is None:
+        specs += [prefill_spec(model, cap), decode_spec(model, cap)]
+    graphs = progress.stage("export", _export, model, specs, opts.opset)
+    # the graph's own record of what the manifest says about it (the runtime checks they agree)
+    metadata = {"depthscale.max_iters_cap": str(cap), "depthscale.max_seq_len": str(cfg.max_seq_len),
+                "depthscale.precision": opts.precision}
+    progress.stage("functions", _passes, graphs, opts.graph_passes, metadata)
     with staging_dir(out, opts.force) as tmp:
-        onnx_path = tmp / "model.onnx"
-        ir.save(onnx_model, str(onnx_path))
+        files = save_graphs(graphs, tmp)
         (tmp / "config.json").write_text(cfg.to_json() + "\n")
-        readiness = progress.stage("check", _check, onnx_path, cap)
+        readiness = progress.stage("check", _check, tmp, files, cap)
         iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
         tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
         samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
+        decode_samples = [] if no_decode else make_decode_samples(opts.decode_shapes, [cap], tols)
         try:
-            parity = progress.stage("parity", _parity, model, str(onnx_path), samples, opts)
+            parity = progress.stage("parity", _parity, model, tmp, samples, decode_samples, opts)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
             raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
-        tensorrt = progress.stage("engines", _engines, model, onnx_path, tmp, samples, opts, parity["passed"])
+        tensorrt = progress.stage("engines", _engines, model, tmp / files["model"], tmp, samples, opts, parity["passed"])
         passed = parity["passed"] and tensorrt.get("parity", {}).get("passed", True)
         report = {
             "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
@@ -167,8 +192,10 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
                          "python": platform.python_version()},
             "opset": opts.opset, "precision": opts.precision,
             "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
-            "inputs": [_describe(v) for v in onnx_model.graph.inputs],
-            "outputs": [_describe(v) for v in onnx_model.graph.outputs],
+            "graphs": {name: {"file": files[name], "inputs": [_describe(v) for v in g.graph.inputs],
+                              "outputs": [_describe(v) for v in g.graph.outputs]} for name, g in graphs.items()},
+            "weights": WEIGHTS_FILE,
+            "decode": {"available": no_decode is None} | ({"why": no_decode} if no_decode else {}),
             "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
             "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
             "parity": parity["summary"],
@@ -212,19 +239,28 @@ def _write(tmp: Path, parity: dict, report: dict) -> None:
     write_json(tmp / MANIFEST, report)
 
 
-def _check(onnx_path: Path, cap: int) -> dict:
-    """onnx.checker (full) must pass; the TensorRT-readiness findings are reported, not gated on."""
-    try:
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportFailed(f"onnx.checker rejected the graph: {str(e)[:300]}") from e
-    return check_tensorrt_readiness(onnx.load(str(onnx_path)), cap)
+def _check(artifact: Path, files: dict[str, str], cap: int) -> dict:
+    """onnx.checker (full) must pass on every graph; the TensorRT-readiness findings of each are reported,
+    not gated on. Returns the readiness report of every graph."""
+    readiness = {}
+    for name, file in files.items():
+        try:
+            onnx.checker.check_model(str(artifact / file), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ExportFailed(f"onnx.checker rejected {file}: {str(e)[:300]}") from e
+        readiness[name] = check_tensorrt_readiness(onnx.load(str(artifact / file)), cap)
+    return {"passed": all(r["passed"] for r in readiness.values()), "graphs": readiness}
 
 
-def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:
+def _parity(model: DepthScaleModel, artifact: Path, samples: list[Sample], decode_samples: list[DecodeSample],
+            opts: ExportOptions) -> dict:
+    """The forward gate, the op checks and, where the artifact decodes, the decoding gate."""
     ops = check_ops(opts.opset, opts.seed, opts.precision)
-    gate = run_gate(model, onnx_path, samples, opts.tolerances, opts.seed)
+    gate = run_gate(model, str(artifact / "model.onnx"), samples, opts.tolerances, opts.seed)
     ops_passed = all(r["passed"] for r in ops)
-    passed = gate["summary"]["passed"] and ops_passed
-    gate["summary"].update(passed=passed, ops_passed=ops_passed)
-    return {"passed": passed, **gate, "ops": ops}
+    decoding = run_decode_gate(model, artifact, decode_samples, opts.tolerances, opts.seed) if decode_samples else None
+    decode_passed = decoding is None or decoding["summary"]["passed"]
+    passed = gate["summary"]["passed"] and ops_passed and decode_passed
+    gate["summary"].update(passed=passed, ops_passed=ops_passed,
+                           decode=None if decoding is None else decoding["summary"])
+    return {"passed": passed, **gate, "ops": ops, "decode": decoding}

@@ -29,6 +29,18 @@ def _shapes(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"shapes must look like 1x7,3x257, got {text!r}") from None
 
 
+def _decode_shapes(text: str) -> list[tuple[int, int, int]]:
+    try:
+        shapes = []
+        for part in text.split(","):
+            rows, rest = part.lower().split("x")
+            prompt, new = rest.split("+")
+            shapes.append((int(rows), int(prompt), int(new)))
+        return shapes
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"decode shapes must look like 1x1+16,3x12+64, got {text!r}") from None
+
+
 def _profile(text: str) -> Profile:
     try:
         return Profile.parse(text)
@@ -66,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=_shapes, default=None, help="parity input shapes BxN,... (default 1x1,1x7,3x24)")
     p.add_argument("--iters", type=_ints, default=None, help="parity iteration budgets (default 0,1,4,cap)")
     p.add_argument("--tols", type=_floats, default=None, help="parity exit tolerances (default 0,config.tol)")
+    p.add_argument("--decode-shapes", type=_decode_shapes, default=None, metavar="BxP+K,...",
+                   help="decoding gate: B rows, prompts of P - b tokens, then K tokens decoded one at a time "
+                        "(default 1x1+16,3x12+64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--graph-pass", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="also apply your own pass (onnx_ir.Model -> None, in place) before the gate; repeatable")
@@ -95,6 +110,8 @@ def main(argv=None) -> int:
                          tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:
         opts.shapes = args.shapes
+    if args.decode_shapes:
+        opts.decode_shapes = args.decode_shapes
     try:
         opts.graph_passes = [_load_pass(spec) for spec in args.graph_pass]
         report = export(model, out, opts)
@@ -137,10 +154,20 @@ def _print_table(out: Path, report: dict, verbose: bool) -> None:
         for r in rows:
             print(f"{r['batch']:5d} {r['seq']:5d} {r['max_iters']:3d} {r['tol']:8.3g} {r['logits_max_abs_err']:9.2g} "
                   f"{str(r['iterations_equal']):>8} {r['top1_agreement']:7.4f} {r['passed']}", file=err)
+    d = s.get("decode")
+    if d is not None:
+        where = d["first_diverging"]
+        print(f"decoding {d['samples'] - d['samples_failed']}/{d['samples']} samples passed ({d['tokens_decoded']} tokens "
+              f"decoded one at a time after a prefill); logits max abs {d['logits_max_abs_err']:.3g}; iterations equal: "
+              f"{d['iterations_equal']}" + ("" if where is None else
+                                            f"; first diverging: {where['where']}, iteration {where['iteration']}"),
+              file=err)
+    else:
+        print(f"decoding: no prefill/decode graphs ({report['decode']['why']})", file=err)
     trt = report["tensorrt_readiness"]
-    failed_checks = [c["check"] for c in trt["checks"] if not c["passed"]]
+    problems = [f"{graph}: {c['check']}" for graph, r in trt["graphs"].items() for c in r["checks"] if not c["passed"]]
     print("TensorRT readiness (static, not gating): " + ("all checks pass" if trt["passed"] else
-          "problems: " + "; ".join(failed_checks)), file=err)
+          "problems: " + "; ".join(problems)), file=err)
     engines = report["tensorrt"]
     print("TensorRT engines: " + (", ".join(e["dir"] for e in engines["engines"]) if engines["built"]
                                   else f"not built ({engines['why']})"), file=err)

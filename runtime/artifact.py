@@ -11,7 +11,7 @@ from .errors import HashMismatchError, MissingFileError, ParityFailedError, Unsu
 
 MANIFEST = "manifest.json"
 ARTIFACT_FORMAT = "depthscale-artifact"
-ARTIFACT_FORMAT_VERSION = 1
+ARTIFACT_FORMAT_VERSION = 2
 
 
 def sha256(path: Path) -> str:

@@ -22,12 +22,21 @@ from __future__ import annotations
 import torch
 
 from depthscale import DepthScaleModel
-from depthscale.decode import DecodeCache, decode, prefill
+from depthscale.decode import DecodeCache, check_decodable, decode, prefill
 
 from ..graph.export import BUDGET_NAMES, GraphSpec, example_budgets
 
 CACHE_NAMES = ["prelude_kv", "core_kv", "global_kv"]           # graph outputs
 PAST_NAMES = [f"past_{name}" for name in CACHE_NAMES]           # the decode graph's inputs
+
+
+def decode_unavailable(model: DepthScaleModel) -> str | None:
+    """Why the artifact gets no prefill/decode graphs for this model, or None."""
+    try:
+        check_decodable(model)
+    except NotImplementedError as e:
+        return str(e)
+    return None
 
 
 class PrefillWrapper(torch.nn.Module):

@@ -28,6 +28,7 @@ from polygraphy.logger import G_LOGGER
 from depthscale import DepthScaleConfig, DepthScaleModel
 
 from ..graph.passes import emulate_half, expose_loop_state
+from ..graph.weights import in_memory
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,26 @@ class Sample:
     tol: float
 
     def feed(self, config: DepthScaleConfig, seed: int) -> OrderedDict:
-        """Seeded ids: uniform over the vocabulary; for a model with a CharTokenizer, BOS (id 0) first
-        and then its characters' ids, as the model sees text."""
-        rng = np.random.default_rng(seed)
-        if config.tokenizer:
-            ids = rng.integers(1, len(config.tokenizer) + 1, (self.batch, self.seq), dtype=np.int64)
-            ids[:, 0] = 0
-        else:
-            ids = rng.integers(0, config.vocab_size, (self.batch, self.seq), dtype=np.int64)
-        return OrderedDict(input_ids=ids,
-                           max_iters=np.array(self.max_iters, dtype=np.int64),
-                           tol=np.array(self.tol, dtype=np.float32))
+        """The forward graph's inputs: seeded ids (seeded_ids), every row full length, this budget."""
+        ids = seeded_ids(config, self.batch, self.seq, seed)
+        return OrderedDict(input_ids=ids, **budget_feed(self.batch, self.seq, self.max_iters, self.tol))
+
+
+def seeded_ids(config: DepthScaleConfig, batch: int, seq: int, seed: int) -> np.ndarray:
+    """int64 [batch, seq]: uniform over the vocabulary; for a model with a CharTokenizer, BOS (id 0) first
+    and then its characters' ids, as the model sees text."""
+    rng = np.random.default_rng(seed)
+    if config.tokenizer:
+        ids = rng.integers(1, len(config.tokenizer) + 1, (batch, seq), dtype=np.int64)
+        ids[:, 0] = 0
+        return ids
+    return rng.integers(0, config.vocab_size, (batch, seq), dtype=np.int64)
+
+
+def budget_feed(batch: int, lengths, max_iters: int, tol: float) -> dict[str, np.ndarray]:
+    """lengths int64 [batch] (an int: every row), max_iters int64 [batch], tol float32 [batch]."""
+    return {"lengths": np.broadcast_to(np.asarray(lengths, dtype=np.int64), (batch,)).copy(),
+            "max_iters": np.full(batch, max_iters, dtype=np.int64), "tol": np.full(batch, tol, dtype=np.float32)}
 
 
 @dataclass(frozen=True)
@@ -81,14 +91,14 @@ class EagerRunner(BaseRunner):
         self.model.eval()
 
     def get_input_metadata_impl(self):
-        return (TensorMetadata().add("input_ids", np.int64, ("batch", "seq"))
-                .add("max_iters", np.int64, ()).add("tol", np.float32, ()))
+        return (TensorMetadata().add("input_ids", np.int64, ("batch", "seq")).add("lengths", np.int64, ("batch",))
+                .add("max_iters", np.int64, ("batch",)).add("tol", np.float32, ("batch",)))
 
     def infer_impl(self, feed_dict):
         start = time.perf_counter()
         with torch.no_grad():
-            out = self.model(torch.from_numpy(feed_dict["input_ids"]), int(feed_dict["max_iters"]),
-                             float(feed_dict["tol"]))
+            out = self.model(torch.from_numpy(feed_dict["input_ids"]), torch.from_numpy(feed_dict["max_iters"]),
+                             torch.from_numpy(feed_dict["tol"]), torch.from_numpy(feed_dict["lengths"]))
         self.inference_time = time.perf_counter() - start
         return OrderedDict(logits=out.logits.float().numpy(), iterations=out.iterations.numpy())
 
@@ -137,17 +147,17 @@ def compare_samples(model: DepthScaleModel, target, samples: list[Sample], tol: 
 def per_iteration_check(model: DepthScaleModel, onnx_path: str, sample: Sample, tol: Tolerances,
                         seed: int = 0) -> dict:
     """Hidden state s_t after each iteration t = 1..T, eager against ORT (ORT run with max_iters = t)."""
-    debug = ir.load(onnx_path)
+    debug = in_memory(ir.load(onnx_path))
     expose_loop_state(debug)
     sess = ort.InferenceSession(ir.to_proto(debug).SerializeToString(), providers=["CPUExecutionProvider"])
     feed = sample.feed(model.config, seed)
     ids = torch.from_numpy(feed["input_ids"])
     errors, first = [], None
     with torch.no_grad():
-        state = model.init(ids)
+        state = model.init(ids, sample.max_iters, sample.tol)
         for t in range(1, sample.max_iters + 1):
-            state = model.step(state, sample.tol)
-            feed["max_iters"] = np.array(t, dtype=np.int64)
+            state = model.step(state)
+            feed["max_iters"] = np.full(sample.batch, t, dtype=np.int64)
             s_ort = sess.run(["state"], feed)[0]
             err = float(np.abs(s_ort.astype(np.float32) - state.s.float().numpy()).max()) if s_ort.size else 0.0
             errors.append(err)
@@ -164,7 +174,7 @@ def run_gate(model: DepthScaleModel, onnx_path: str, samples: list[Sample], tol:
     the summary's "ort_graph" says so."""
     if model.precision == "fp32":
         return _gate(model, onnx_path, samples, tol, seed, "the artifact's model.onnx")
-    onnx_model = ir.load(onnx_path)
+    onnx_model = in_memory(ir.load(onnx_path))
     ops = emulate_half(onnx_model)
     with tempfile.TemporaryDirectory(prefix="depthscale-half-") as tmp:
         path = str(Path(tmp) / "model.half-emulated.onnx")
