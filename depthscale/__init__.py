@@ -2,7 +2,7 @@
 cross-decoder; model, checkpoints and training."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import DepthScaleConfig
+from depthscale_runtime.config import DepthScaleConfig
 from .demo import demo_checkpoint
 from .model import DepthScaleModel, DepthScaleOutput, RecurrentState
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic_dir import staging_dir
-from .config import DepthScaleConfig
+from depthscale_runtime.config import DepthScaleConfig
 from .model import DepthScaleModel
 
 FORMAT = "depthscale"

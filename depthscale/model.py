@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch._higher_order_ops import while_loop
 
 from .bitlinear import BitLinear, PackedBitLinear, make_linear
-from .config import DepthScaleConfig
+from depthscale_runtime.config import DepthScaleConfig
 from .exact_math import exact_sqrt, tree_sum
 from .retention import GatedRetention
 from .rope import apply_rope, rope_tables

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import save_checkpoint
-from .config import DepthScaleConfig
+from depthscale_runtime.config import DepthScaleConfig
 from .model import DepthScaleModel
 from .tasks import IGNORE, Task, get_task
 

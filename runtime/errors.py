@@ -23,3 +23,25 @@ class UnsupportedFormatError(ArtifactError):
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here; the message says what was expected and what was found."""
+
+
+class UnsafePathError(ArtifactError):
+    """A path the manifest lists is absolute, not normalised, outside the artifact, a symlink, or not a
+    regular file."""
+
+
+class InvalidManifestError(UnsupportedFormatError):
+    """A manifest field has the wrong type or range, or disagrees with config.json or a graph."""
+
+
+class InvalidConfigError(ArtifactError):
+    """The artifact's config.json is not a valid model config."""
+
+
+class InvalidGraphError(ArtifactError):
+    """A graph file is not a readable ONNX model of the expected interface, references data the manifest
+    does not list, or ONNX Runtime refuses it."""
+
+
+class DecodingUnavailableError(RuntimeError):
+    """The artifact (or the backend) cannot decode incrementally; the message says why."""

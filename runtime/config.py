@@ -1,7 +1,8 @@
 """DepthScaleConfig: the model's hyper-parameters, validated, with a JSON round-trip.
 
-Field names are public API (DESIGN §1). `tokenizer` and `task` are optional extras that let a
-checkpoint carry its character vocabulary and the synthetic task it was trained on.
+Field names are public API (docs/design.md). `tokenizer` and `task` are optional extras that let a
+checkpoint carry its character vocabulary and the synthetic task it was trained on. It lives in the
+torch-free runtime, which validates an artifact's config.json with it; `depthscale` re-exports it.
 """
 
 from __future__ import annotations
