@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     bare = ort.InferenceSession(str(rt.artifact.model_path), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     ids = rng.integers(1, min(3, rt.config["vocab_size"]), (1, args.seq)).astype(np.int64)
-    feed = {"input_ids": ids, "max_iters": np.array(args.iters, dtype=np.int64), "tol": np.array(0.0, np.float32)}
+    feed = {"input_ids": ids, "lengths": np.array([args.seq], np.int64), "max_iters": np.array([args.iters], np.int64),
+            "tol": np.array([0.0], np.float32)}
     for _ in range(20):                                          # warm up both
         bare.run(None, feed)
         rt.run(ids, args.iters, 0.0)

@@ -21,7 +21,7 @@ from depthscale import DepthScaleModel
 from depthscale.decode import DecodeCache, decode, prefill
 
 from ..gate.parity import Sample, Tolerances, budget_feed, per_iteration_check, seeded_ids
-from ..graph.passes import expose_loop_state
+from ..graph.passes import emulate_half, expose_loop_state
 from ..graph.weights import in_memory
 from .graphs import CACHE_NAMES, PAST_NAMES
 
@@ -131,6 +131,8 @@ def localize(model: DepthScaleModel, artifact, sample: DecodeSample, row: dict, 
         for k in range(step):
             _, cache = decode(model, cache, torch.from_numpy(ids[np.arange(B), lengths + k][:, None]))
     debug = in_memory(ir.load(str(artifact / "decode.onnx")))
+    if model.precision != "fp32":
+        emulate_half(debug)
     expose_loop_state(debug)
     decoder = OrtDecoder(None, cpu_session(ir.to_proto(debug).SerializeToString()))
     tokens = ids[np.arange(B), lengths + step][:, None]
@@ -149,11 +151,22 @@ def localize(model: DepthScaleModel, artifact, sample: DecodeSample, row: dict, 
             "state_max_abs_err": errors}
 
 
+def _graph_session(artifact, name: str, precision: str) -> ort.InferenceSession:
+    """The artifact's graph; a float16 one with every op rounded to float16, as eager computes
+    (graph.passes.emulate_half: ONNX Runtime runs chains of float16 ops in float32)."""
+    if precision == "fp32":
+        return cpu_session(artifact / name)
+    graph = in_memory(ir.load(str(artifact / name)))
+    emulate_half(graph)
+    return cpu_session(ir.to_proto(graph).SerializeToString())
+
+
 def run_decode_gate(model: DepthScaleModel, artifact, samples: list[DecodeSample], tol: Tolerances,
                     seed: int = 0) -> dict:
     """Every sample through the artifact's prefill.onnx and decode.onnx; the localisation of the first
     failing one. Returns {"summary", "samples", "localization"}."""
-    decoder = OrtDecoder(cpu_session(artifact / "prefill.onnx"), cpu_session(artifact / "decode.onnx"))
+    decoder = OrtDecoder(_graph_session(artifact, "prefill.onnx", model.precision),
+                         _graph_session(artifact, "decode.onnx", model.precision))
     rows = [run_sample(model, decoder, s, tol, seed + 1000 + i) for i, s in enumerate(samples)]
     failing = [i for i, r in enumerate(rows) if not r["passed"]]
     where = (localize(model, artifact, samples[failing[0]], rows[failing[0]], tol, seed + 1000 + failing[0])

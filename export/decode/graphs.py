@@ -36,6 +36,9 @@ def decode_unavailable(model: DepthScaleModel) -> str | None:
         check_decodable(model)
     except NotImplementedError as e:
         return str(e)
+    if model.precision == "bf16":
+        return ("a bfloat16 artifact gets no decode graphs: ONNX Runtime has no bfloat16 kernels to gate them "
+                "with, and TensorRT engines run the whole-sequence graph")
     return None
 
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from depthscale.bitlinear import PackedBitLinear
 
-from .runners import seeded_ids, session
+from .runners import forward_feed, seeded_ids, session
 from .timing import interleaved
 
 
@@ -73,8 +73,7 @@ def profile(onnx_path: Path, vocab_size: int, batch: int, seq: int, T: int) -> d
     """A profiled ORT run (1 thread, after one warm-up run): its time and the time per op type (nodes
     inside the Loop included; the Loop's and If's own entries, which contain them, are left out)."""
     sess = session(onnx_path, 1, profile=True)
-    feed = {"input_ids": seeded_ids(vocab_size, batch, seq), "max_iters": np.array(T, np.int64),
-            "tol": np.array(0.0, np.float32)}
+    feed = forward_feed(seeded_ids(vocab_size, batch, seq), T, 0.0)
     for _ in range(2):
         sess.run(None, feed)
     trace = Path(sess.end_profiling())

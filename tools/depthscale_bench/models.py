@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from depthscale import DepthScaleConfig, DepthScaleModel, demo_checkpoint, load_checkpoint, save_checkpoint
 from depthscale_export import export
-from depthscale_export.graph.export import export_graph, finish_graph
+from depthscale_export.graph.export import export_graph, finish_graph, forward_spec
 
 REFERENCE = dict(vocab_size=256, d_model=512, n_heads=8, n_kv_heads=2, d_ff=1536, window=128, prelude_layers=2,
                  core_layers=2, cross_layers=2, max_iters=64, max_seq_len=4096)
@@ -45,10 +45,10 @@ class UnrolledWrapper(torch.nn.Module):
         super().__init__()
         self.model, self.steps = model, steps
 
-    def forward(self, input_ids, max_iters, tol):
-        state = self.model.init(input_ids)
+    def forward(self, input_ids, lengths, max_iters, tol):
+        state = self.model.init(input_ids, self.steps, tol, lengths)
         for _ in range(self.steps):
-            state = self.model.step(state, tol)
+            state = self.model.step(state)
         out = self.model.finish(state)
         return out.logits, out.iterations
 
@@ -97,7 +97,8 @@ class Workspace:
                  f"no torch.onnx optimizer)")
         packed = copy.deepcopy(model).packed()
         start = time.perf_counter()
-        onnx_model = export_graph(packed, cap, wrapper=UnrolledWrapper(packed, cap) if unroll else None, optimize=False)
+        spec = forward_spec(packed, cap, UnrolledWrapper(packed, cap) if unroll else None)
+        onnx_model = export_graph(packed, spec, optimize=False)
         finish_graph(onnx_model)
         path = self.root / f"{name}.onnx"
         ir.save(onnx_model, str(path))

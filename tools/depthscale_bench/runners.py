@@ -18,6 +18,13 @@ def seeded_ids(vocab_size: int, batch: int, seq: int, seed: int = 0) -> np.ndarr
     return np.random.default_rng(seed).integers(0, vocab_size, (batch, seq), dtype=np.int64)
 
 
+def forward_feed(ids: np.ndarray, max_iters: int, tol: float) -> dict[str, np.ndarray]:
+    """The forward graph's inputs for a bare session: every row full length, one budget for all rows."""
+    batch, seq = ids.shape
+    return {"input_ids": ids, "lengths": np.full(batch, seq, np.int64), "max_iters": np.full(batch, max_iters, np.int64),
+            "tol": np.full(batch, tol, np.float32)}
+
+
 class EagerRun:
     """model(ids, T, tol) under no_grad with `threads` torch threads; keeps the last output."""
 
@@ -48,9 +55,7 @@ class OrtRun:
 
     def __call__(self):
         if isinstance(self.runner, ort.InferenceSession):
-            self.last = tuple(self.runner.run(None, {"input_ids": self.ids,
-                                                     "max_iters": np.array(self.max_iters, np.int64),
-                                                     "tol": np.array(self.tol, np.float32)}))
+            self.last = tuple(self.runner.run(None, forward_feed(self.ids, self.max_iters, self.tol)))
         else:
             out = self.runner.run(self.ids, self.max_iters, self.tol)
             self.last = (out.logits, out.iterations)
