@@ -71,6 +71,7 @@ class ExportOptions:
     # your own passes (onnx_ir.Model -> None, in place), run on every graph (model.graph.name says which:
     # "model", "prefill" or "decode") after ours and before the gate, so the gate verifies them
     graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
+    decode: bool = True                                  # prefill and decode graphs (where the model decodes incrementally)
     engines: bool = True                                 # build TensorRT engines where TensorRT and a GPU are present
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
     command: str | None = None                           # recorded in the manifest
@@ -161,7 +162,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             raise BadInput(f"decode shape {b}x{p}+{k} is outside batch >= 1, prompt >= 1, new >= 0, "
                            f"prompt + new <= {cfg.max_seq_len}")
     specs = [forward_spec(model, cap)]
-    no_decode = decode_unavailable(model)
+    no_decode = decode_unavailable(model) if opts.decode else "not asked for (decode=False)"
     if no_decode is None:
         specs += [prefill_spec(model, cap), decode_spec(model, cap)]
     graphs = progress.stage("export", _export, model, specs, opts.opset)

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--graph-pass", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="also apply your own pass (onnx_ir.Model -> None, in place) before the gate; repeatable")
+    p.add_argument("--no-decode", action="store_true",
+                   help="no prefill/decode graphs (incremental decoding): a smaller artifact for whole-sequence use")
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where possible")
     p.add_argument("--trt-profile", type=_profile, default=None, metavar="MIN:OPT:MAX",
                    help="TensorRT optimisation profile over batch and seq, e.g. 1x1:1x512:8x4096 "
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
                                (args.state_atol, defaults.state_atol))))
     opts = ExportOptions(opset=args.opset, max_iters_cap=args.max_iters_cap, seed=args.seed, force=args.force,
                          precision=args.precision, tolerances=tolerances, iters=args.iters,
-                         engines=not args.no_engines, trt_profile=args.trt_profile,
+                         decode=not args.no_decode, engines=not args.no_engines, trt_profile=args.trt_profile,
                          tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:
         opts.shapes = args.shapes

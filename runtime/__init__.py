@@ -4,15 +4,20 @@
     rt = depthscale_runtime.load("demo-onnx")           # verifies manifest and hashes
     out = rt.run([0, 1, 2, 2, 1], max_iters=16, tol=0.003)
     out.logits, out.iterations
+    gen = rt.generate([0, 1, 2], max_new_tokens=8)      # prefill, then one decode step per token
+    gen.tokens, gen.iterations
 """
 
 from .artifact import Artifact, open_artifact
-from .errors import (ArtifactError, BackendUnavailableError, HashMismatchError, MissingFileError,
-                     ParityFailedError, UnsupportedFormatError)
+from .errors import (ArtifactError, BackendUnavailableError, DecodingUnavailableError, HashMismatchError,
+                     InvalidConfigError, InvalidGraphError, InvalidManifestError, MissingFileError, ParityFailedError,
+                     UnsafePathError, UnsupportedFormatError)
+from .generate import GenerationResult, GenerationStep
 from .runtime import RunResult, Runtime, load
 
 __version__ = "0.1.0"
 
-__all__ = ["Artifact", "ArtifactError", "BackendUnavailableError", "HashMismatchError", "MissingFileError",
-           "ParityFailedError", "RunResult", "Runtime", "UnsupportedFormatError", "__version__", "load",
-           "open_artifact"]
+__all__ = ["Artifact", "ArtifactError", "BackendUnavailableError", "DecodingUnavailableError", "GenerationResult",
+           "GenerationStep", "HashMismatchError", "InvalidConfigError", "InvalidGraphError", "InvalidManifestError",
+           "MissingFileError", "ParityFailedError", "RunResult", "Runtime", "UnsafePathError", "UnsupportedFormatError",
+           "__version__", "load", "open_artifact"]

@@ -1,4 +1,5 @@
-"""depthscale-run: run an artifact on token ids (or text, for models with a CharTokenizer). No torch."""
+"""depthscale-run: run an artifact on token ids (or text, for models with a CharTokenizer), or generate
+after them (--generate N, streamed as it is decoded). No torch."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import numpy as np
 
-from .errors import ArtifactError, BackendUnavailableError
+from .errors import ArtifactError, BackendUnavailableError, DecodingUnavailableError
 from .runtime import load
 from .tokenizer import CharTokenizer
 
@@ -28,8 +29,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    g = p.add_argument_group("generation")
+    g.add_argument("--generate", type=int, default=None, metavar="N",
+                   help="generate N tokens after the input, printing each as it is decoded")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; else sampling")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", default="", help="stop after any of these characters (text models) or comma-separated ids")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     return p
+
+
+def _generate(rt, args, ids, tok) -> dict:
+    """Stream the generated tokens (text for tokenizer models) to stdout unless --json; return the result."""
+    if args.stop:
+        stop_ids = tok.encode(args.stop)[1:] if tok else [int(x) for x in args.stop.split(",")]
+    else:
+        stop_ids = []
+    steps = rt.stream(np.asarray(ids, dtype=np.int64), args.generate, max_iters=args.max_iters, tol=args.tol,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                      stop_ids=stop_ids)
+    if not args.json:
+        print(args.text if tok else ",".join(map(str, ids)), end="", flush=True)
+    tokens, iterations = [], []
+    for step in steps:
+        tokens.append(int(step.tokens[0]))
+        iterations.append(int(step.iterations[0]))
+        if not args.json:
+            print(tok.decode(tokens[-1:]) if tok else f",{tokens[-1]}", end="", flush=True)
+    if not args.json:
+        print()
+    result = {"ids": ids, "tokens": tokens, "iterations": iterations, "backend": rt.backend}
+    if tok:
+        result["text"] = tok.decode(tokens)
+    return result
 
 
 def main(argv=None) -> int:
@@ -37,6 +71,7 @@ def main(argv=None) -> int:
     try:
         rt = load(args.artifact, backend=args.backend)
         chars = rt.config.get("tokenizer")
+        tok = None
         if args.text is not None:
             if not chars:
                 raise ValueError("this model has no tokenizer in its config: pass --ids")
@@ -47,8 +82,14 @@ def main(argv=None) -> int:
                 ids = [int(x) for x in args.ids.split(",")]
             except ValueError:
                 raise ValueError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+        tok = tok if args.text is not None else None
+        if args.generate is not None:
+            result = _generate(rt, args, ids, tok)
+            if args.json:
+                print(json.dumps(result))
+            return 0
         out = rt.run(np.asarray(ids, dtype=np.int64), args.max_iters, args.tol)
-    except (ArtifactError, BackendUnavailableError, ValueError) as e:
+    except (ArtifactError, BackendUnavailableError, DecodingUnavailableError, ValueError) as e:
         print(f"depthscale-run: error: {e}", file=sys.stderr)
         return 2
     top = out.logits.argmax(-1).tolist()

@@ -25,3 +25,15 @@ def model() -> DepthScaleModel:
 def _no_grad_default():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_artifact(tmp_path_factory):
+    """The bundled demo exported once, with its prefill and decode graphs, for the runtime tests (copy it
+    before changing anything in it)."""
+    from depthscale import demo_checkpoint
+    from depthscale_export import export
+    out = tmp_path_factory.mktemp("demo-artifact") / "demo-onnx"
+    report = export(demo_checkpoint(), out, shapes=[(1, 5), (2, 9)], decode_shapes=[(2, 6, 12)], quiet=True)
+    assert report["status"] == "passed", report["parity"]
+    return out

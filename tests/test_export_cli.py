@@ -38,8 +38,9 @@ def test_demo_exports_and_passes(artifact):
     assert report["status"] == "passed" and report["artifact"] == str(out)
     for stage in ("load", "export", "functions", "check", "parity", "write"):
         assert f"[depthscale-export] {stage} done in" in proc.stderr
-    assert "PASSED" in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.onnx", "reports"]
+    assert "PASSED" in proc.stderr and "decoding 4/4 samples passed (416 tokens decoded one at a time" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "decode.onnx", "manifest.json", "model.onnx",
+                                                      "prefill.onnx", "reports", "weights.bin"]
 
 
 def test_manifest_records_everything_and_hashes_match(artifact):
@@ -48,11 +49,19 @@ def test_manifest_records_everything_and_hashes_match(artifact):
     assert m["status"] == "passed" and m["parity"]["passed"]
     assert set(m["versions"]) >= {"depthscale", "torch", "onnx", "onnxruntime"}
     assert m["opset"] == 18 and m["custom_domain"] == {"domain": "depthscale", "version": 1}
-    assert [i["name"] for i in m["inputs"]] == ["input_ids", "max_iters", "tol"]
-    assert m["inputs"][0]["shape"] == ["batch", "seq"] and m["outputs"][0]["shape"][:2] == ["batch", "seq"]
+    forward = m["graphs"]["model"]
+    assert [i["name"] for i in forward["inputs"]] == ["input_ids", "lengths", "max_iters", "tol"]
+    assert forward["inputs"][0]["shape"] == ["batch", "seq"] and forward["outputs"][0]["shape"][:2] == ["batch", "seq"]
+    assert [i["shape"] for i in forward["inputs"][1:]] == [["batch"]] * 3
+    decode = m["graphs"]["decode"]
+    assert [o["name"] for o in decode["outputs"]] == ["logits", "iterations", "prelude_kv", "core_kv", "global_kv"]
+    assert decode["inputs"][5]["shape"] == ["batch", 1, 16, 2, 2, 3, 16]     # [B, L_c, T cap, k|v, Hkv, window-1, dh]
+    assert decode["inputs"][6]["shape"] == ["batch", 2, 2, "capacity", 16]
+    assert m["decode"] == {"available": True} and m["parity"]["decode"]["passed"]
     assert m["max_seq_len"] == 1024 and m["command"].startswith("depthscale-export ")
-    assert m["tensorrt_readiness"]["passed"] and len(m["tensorrt_readiness"]["checks"]) == 6
-    assert set(m["files"]) == {"model.onnx", "config.json", "reports/parity.json"}
+    assert m["tensorrt_readiness"]["passed"] and set(m["tensorrt_readiness"]["graphs"]) == {"model", "prefill", "decode"}
+    assert set(m["files"]) == {"model.onnx", "prefill.onnx", "decode.onnx", "weights.bin", "config.json",
+                               "reports/parity.json"}
     import hashlib
     for name, entry in m["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
@@ -74,19 +83,37 @@ def test_ort_matches_eager_across_the_grid(artifact):
     assert s["would_pass_with"]["atol"] == max(r["logits_max_abs_err"] for r in rows)
 
 
-def test_graph_has_one_loop_and_custom_nodes_with_functions(artifact):
+@pytest.mark.parametrize("graph,attention", [("model", "WindowAttention"), ("prefill", "WindowAttention"),
+                                             ("decode", "CachedAttention")])
+def test_each_graph_has_one_loop_and_custom_nodes_with_functions(artifact, graph, attention):
     out, _ = artifact
-    model = onnx.load(out / "model.onnx")
+    model = onnx.load(out / f"{graph}.onnx")
     loops = [n for n in model.graph.node if n.op_type == "Loop"]
     assert len(loops) == 1
     body = next(a.g for a in loops[0].attribute if a.name == "body")
     custom = [n for n in body.node if n.domain == "depthscale"]
-    assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", "WindowAttention"}
+    assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", attention}
     for n in custom:
         attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
         assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
+    helpers = BODY_HELPERS if attention == "WindowAttention" else ("UnpackTernary", "QuantizedProduct", "GatedProduct")
     assert {(f.domain, f.name) for f in model.functions} == {   # the ops, and the helpers their bodies call
-        ("depthscale", name) for name in ("BitLinear", "GatedBitLinear", "WindowAttention", *BODY_HELPERS)}
+        ("depthscale", name) for name in ("BitLinear", "GatedBitLinear", attention, *helpers)}
+
+
+def test_the_graphs_share_one_copy_of_the_weights(artifact):
+    out, _ = artifact
+    external = {}
+    for graph in ("model", "prefill", "decode"):
+        for init in onnx.load(out / f"{graph}.onnx", load_external_data=False).graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL:
+                entry = {e.key: e.value for e in init.external_data}
+                external.setdefault(init.name, set()).add((entry["location"], entry["offset"], entry["length"]))
+    packed = [name for name in external if name.endswith("w_packed")]
+    assert packed and all(len(places) == 1 for places in external.values())       # one place per tensor
+    assert {loc for places in external.values() for loc, _, _ in places} == {"weights.bin"}
+    stored = sum(int(length) for places in external.values() for _, _, length in places)
+    assert stored <= (out / "weights.bin").stat().st_size < stored + 64 * len(external)
 
 
 def initializer_bytes(path):
@@ -97,7 +124,7 @@ def test_initializer_bytes_do_not_grow_with_the_T_cap(tmp_path):
     sizes = []
     for cap in (4, 64):
         out = tmp_path / f"cap{cap}"
-        proc = run_cli(DEMO, "-o", out, "--max-iters-cap", cap, "--shapes", "1x5", "--iters", "0,3", "-q")
+        proc = run_cli(DEMO, "-o", out, "--max-iters-cap", cap, "--shapes", "1x5", "--iters", "0,3", "--no-decode", "-q")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads((out / "manifest.json").read_text())["max_iters_cap"] == cap
         sizes.append(initializer_bytes(out / "model.onnx"))
@@ -115,7 +142,7 @@ def scale_core_gamma(model):
 def test_planted_mismatch_fails_the_gate_with_exit_1(tmp_path):
     (tmp_path / "perturb.py").write_text(PERTURB)
     out = tmp_path / "bad"
-    proc = run_cli(DEMO, "-o", out, "--shapes", "2x9", "--iters", "4", "--tols", "0",
+    proc = run_cli(DEMO, "-o", out, "--shapes", "2x9", "--iters", "4", "--tols", "0", "--no-decode",
                    "--graph-pass", "perturb:scale_core_gamma", "--json", env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "FAILED" in proc.stderr and "first diverging iteration: 1" in proc.stderr
@@ -124,11 +151,31 @@ def test_planted_mismatch_fails_the_gate_with_exit_1(tmp_path):
     assert json.loads(proc.stdout)["status"] == "failed"
 
 
+PERTURB_DECODE = PERTURB + '''
+def scale_core_gamma_in_decode(model):
+    if model.graph.name == "decode":
+        scale_core_gamma(model)
+'''
+
+
+def test_planted_defect_in_the_decode_graph_fails_and_names_the_step(tmp_path):
+    (tmp_path / "perturb.py").write_text(PERTURB_DECODE)
+    out = tmp_path / "bad"
+    proc = run_cli(DEMO, "-o", out, "--shapes", "1x5", "--iters", "4", "--tols", "0", "--decode-shapes", "2x5+4",
+                   "--graph-pass", "perturb:scale_core_gamma_in_decode", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "parity 1/1 samples passed" in proc.stderr                      # the forward graph is untouched
+    assert "first diverging: decode step 0, iteration 1" in proc.stderr and "FAILED" in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["parity"]["decode"]["first_diverging"] == {"where": "decode step 0", "decode_step": 0, "iteration": 1}
+
+
 def test_failing_graph_pass_exits_3_and_writes_nothing(tmp_path):
     (tmp_path / "broken.py").write_text("def explode(model):\n    raise RuntimeError('boom')\n")
     out = tmp_path / "out"
     proc = run_cli(DEMO, "-o", out, "--graph-pass", "broken:explode", "-q", env={"PYTHONPATH": str(tmp_path)})
-    assert proc.returncode == 3 and "graph pass explode failed: RuntimeError: boom" in proc.stderr
+    assert proc.returncode == 3 and "graph pass explode failed on model.onnx: RuntimeError: boom" in proc.stderr
     assert not out.exists()
     proc = run_cli(DEMO, "-o", out, "--graph-pass", "no_such_module:f", "-q")
     assert proc.returncode == 2 and "cannot load it" in proc.stderr

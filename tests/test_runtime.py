@@ -16,7 +16,6 @@ import torch
 
 import depthscale_runtime as dr
 from depthscale import demo_checkpoint, load_checkpoint
-from depthscale_export import export
 from depthscale_runtime.artifact import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +23,8 @@ DEMO = str(demo_checkpoint())
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rt") / "demo-onnx"
-    report = export(DEMO, out, shapes=[(1, 5), (2, 9)], quiet=True)
-    assert report["status"] == "passed"
-    return out
+def artifact(demo_artifact):
+    return demo_artifact
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,8 @@ def test_outputs_equal_bare_ort_and_match_eager(runtime, artifact):
     out = runtime.run(ids, max_iters=16, tol=0.003)
     assert runtime.backend == "onnxruntime" and "CPUExecutionProvider" in runtime.providers
     sess = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    logits, iters = sess.run(None, {"input_ids": ids, "max_iters": np.array(16), "tol": np.array(0.003, np.float32)})
+    logits, iters = sess.run(None, {"input_ids": ids, "lengths": np.full(3, 40), "max_iters": np.full(3, 16),
+                                    "tol": np.full(3, 0.003, np.float32)})
     assert np.array_equal(out.logits, logits) and np.array_equal(out.iterations, iters)
     with torch.no_grad():
         eager = load_checkpoint(DEMO)(torch.from_numpy(ids), 16, 0.003)
