@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .model import DepthScaleModel, DepthScaleOutput, Past, per_row
+from .exact_math import zeros
+from .model import DepthScaleModel, DepthScaleOutput, Past
 
 
 @dataclass
@@ -136,7 +137,7 @@ def prefill(model: DepthScaleModel, input_ids: torch.Tensor, lengths: torch.Tens
     prelude = [gather_positions(m, last) for layer in prelude_memory for m in layer]
     cache = DecodeCache(
         prelude=_stack_layers(prelude, cfg.prelude_layers, axis=1) if prelude else
-        state.s.new_zeros(B, 0, 2, cfg.n_kv_heads, P, cfg.head_dim),
+        zeros(state.s, B, 0, 2, cfg.n_kv_heads, P, cfg.head_dim),
         core=_stack_layers(list(records), cfg.core_layers, axis=2),
         global_kv=F.pad(torch.stack([k, v], dim=1), (0, 0, 0, C - n)),
         lengths=lengths, max_iters=state.max_iters, tol=state.tol)

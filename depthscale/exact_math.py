@@ -11,7 +11,13 @@ that both backends compute identically:
   * exact_exp: exp through float64, rounded once to float32. Neither torch's nor ONNX Runtime's float32
     exp is correctly rounded, and they differ; their float64 results round to the same float32 in all
     but vanishingly rare cases. The exported graph holds the same Cast / Exp / Cast;
-  * add, sub, mul, div, reciprocal, max, where: correctly rounded or exact everywhere.
+  * add, sub, mul, div, reciprocal, max, where: correctly rounded or exact everywhere;
+  * exact_linear: a float linear layer (the head) computed in float64 and rounded once, which also makes
+    its result independent of how many rows it has (a float32 matmul's summation order depends on that:
+    1 row in a decode step, n in a whole pass). It is a custom op (ONNX node ExactLinear) so that TensorRT,
+    which has no float64, runs it as a plugin instead of lowering it to float32;
+  * zeros: made in float32 and cast, so a half-precision export holds a float32 ConstantOfShape (which
+    every opset and TensorRT take) and a Cast.
 """
 
 from __future__ import annotations
@@ -44,3 +50,27 @@ def exact_exp(x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32:
         return torch.exp(x)
     return torch.exp(x.double()).float()
+
+
+def zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """Zeros of `shape` in like's dtype and device."""
+    return torch.zeros(*shape, dtype=torch.float32, device=like.device).to(like.dtype)
+
+
+@torch.library.custom_op("depthscale::exact_linear", mutates_args=())
+def exact_linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., in], w [out, in] (float32, float16 or bfloat16) -> [..., out] in x's dtype: x · wᵀ in float64,
+    rounded once."""
+    return F.linear(x.double(), w.double()).to(x.dtype)
+
+
+@exact_linear_op.register_fake
+def _(x, w):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+def exact_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Differentiable plain-torch path under autograd; the custom op otherwise (always when exporting)."""
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and not torch.compiler.is_exporting():
+        return F.linear(x.double(), w.double()).to(x.dtype)
+    return exact_linear_op(x, w)

@@ -30,7 +30,7 @@ from torch._higher_order_ops import while_loop
 
 from .bitlinear import BitLinear, PackedBitLinear, make_linear
 from depthscale_runtime.config import DepthScaleConfig
-from .exact_math import exact_sqrt, tree_sum
+from .exact_math import exact_linear, exact_sqrt, tree_sum, zeros
 from .retention import GatedRetention
 from .rope import apply_rope, rope_tables
 from .window_attention import cached_attention, window_attention
@@ -99,7 +99,7 @@ class WindowSelfAttention(nn.Module):
     def empty_memory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero memory for the positions of x [B, n, d]: (k, v), each [B, Hkv, n, dh]."""
         B, n, _ = x.shape
-        zero = x.new_zeros(B, self.h_kv, n, self.dh)
+        zero = zeros(x, B, self.h_kv, n, self.dh)
         return zero, zero.clone()
 
 
@@ -265,12 +265,12 @@ class DepthScaleModel(nn.Module):
                    q_start: torch.Tensor | None = None) -> DepthScaleOutput:
         """Cross-decoder over the global k, v and the head; reads real-token positions only.
 
-        The head runs in float64 and rounds once: a float32 matmul's result depends on how many rows it
-        has (1 in a decode step, n in a whole pass), its float64 result rounded to float32 does not."""
+        The head is exact_linear (float64, rounded once): a float32 matmul's result depends on how many
+        rows it has (1 in a decode step, n in a whole pass), its float64 result rounded to float32 does not."""
         y = s
         for layer in self.cross:
             y = layer(y, k, v, rope, q_start)
-        logits = F.linear(self.head_norm(y).double(), self.head.weight.double()).to(s.dtype)   # [B, n, V]
+        logits = exact_linear(self.head_norm(y), self.head.weight)                # [B, n, V]
         step = 1 + self.config.reason_tokens
         return DepthScaleOutput(logits=logits[:, ::step], iterations=iterations[:, ::step])
 

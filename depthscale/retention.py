@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bitlinear import make_linear
+from .exact_math import zeros
 from .rope import apply_rope
 
 
@@ -66,5 +67,5 @@ class GatedRetention(nn.Module):
     def empty_memory(self, x: torch.Tensor):
         """Zero memory for the positions of x [B, n, d]: (k, v [B, Hkv, n, dh], log γ float64 [B, H, n])."""
         B, n, _ = x.shape
-        return (x.new_zeros(B, self.h_kv, n, self.dh), x.new_zeros(B, self.h_kv, n, self.dh),
+        return (zeros(x, B, self.h_kv, n, self.dh), zeros(x, B, self.h_kv, n, self.dh),
                 torch.zeros(B, self.h, n, dtype=torch.float64, device=x.device))

@@ -30,7 +30,7 @@ def validate_ids(input_ids, vocab_size: int, max_seq_len: int, name: str = "inpu
     sequences of different lengths (a ragged batch, right-padded here).
 
     Returns (int64 C-contiguous [batch, seq], lengths int64 [batch], whether the input was one 1-D sequence)."""
-    if isinstance(input_ids, (list, tuple)) and input_ids and not isinstance(input_ids[0], numbers.Integral):
+    if isinstance(input_ids, (list, tuple)) and input_ids and np.ndim(input_ids[0]) == 1:
         rows = [_sequence(row, f"{name}[{i}]") for i, row in enumerate(input_ids)]
         one_d = False
     else:
@@ -89,6 +89,7 @@ def validate_tol(tol, batch: int = 1) -> np.ndarray:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise ValueError(f"tol must be a finite number >= 0, got {v!r}")
         if not (math.isfinite(float(v)) and 0 <= float(v) <= FLOAT32_MAX):
-            raise ValueError(f"tol must be a finite number in [0, {FLOAT32_MAX:.4g}] (float32), got {float(v)}")
+            raise ValueError(f"tol must be a finite number >= 0 that float32 holds (at most {FLOAT32_MAX:.4g}), "
+                             f"got {float(v)}")
         out.append(float(v))
     return np.array(out, dtype=np.float32)

@@ -18,8 +18,12 @@ CLI = [sys.executable, "-m", "depthscale_export.cli"]
 
 
 def run_cli(*args, env=None, timeout=600):
+    """The CLI as a subprocess; env adds variables (a PYTHONPATH given goes in front of the caller's)."""
+    env = dict(env or {})
+    if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ def test_the_graphs_share_one_copy_of_the_weights(artifact):
     packed = [name for name in external if name.endswith("w_packed")]
     assert packed and all(len(places) == 1 for places in external.values())       # one place per tensor
     assert {loc for places in external.values() for loc, _, _ in places} == {"weights.bin"}
-    stored = sum(int(length) for places in external.values() for _, _, length in places)
+    stored = sum(int(length) for _, _, length in {p for places in external.values() for p in places})
     assert stored <= (out / "weights.bin").stat().st_size < stored + 64 * len(external)
 
 

@@ -53,7 +53,7 @@ def test_one_loop_custom_nodes_functions_and_checker(demo_onnx):
     body = next(a.g for a in loop.attribute if a.name == "body")
     assert not body.initializer and not [n for n in body.node if n.op_type == "Constant" and n.attribute[0].t.dims
                                          and np.prod(n.attribute[0].t.dims) > 64]
-    assert [i.name for i in model.graph.input] == ["input_ids", "max_iters", "tol"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "lengths", "max_iters", "tol"]
     assert [o.name for o in model.graph.output] == ["logits", "iterations"]
     assert not model.doc_string and not model.metadata_props
     assert not any(n.doc_string or n.metadata_props for n in nodes)

@@ -60,6 +60,8 @@ def test_fp16_export_passes_its_gate_with_the_precision_in_the_graph(fp16):
     assert "rounded after each" in parity["ort_graph"]
     native = parity["native_onnxruntime"]                  # reported, not gated
     assert native["ran"] and native["samples"] == parity["samples"]
+    decode = parity["decode"]                               # prefill and decode gated through per-op rounding too
+    assert decode["passed"] and decode["iterations_equal"] and decode["samples"] == 4
     model = onnx.load(str(out / "model.onnx"))
     dtypes = {i.name: i.data_type for i in model.graph.initializer}
     assert dtypes["model.embed.weight"] == onnx.TensorProto.FLOAT16
@@ -98,6 +100,7 @@ def test_bf16_export_is_gated_through_per_op_rounding_and_the_runtime_says_why_i
     assert report["status"] == "passed" and report["precision"] == "bf16"
     assert parity["iterations_equal"] and parity["native_onnxruntime"] == {
         "ran": False, "why": "ONNX Runtime's CPU provider has no bfloat16 kernels"}
+    assert not report["decode"]["available"] and "bfloat16" in report["decode"]["why"]
     model = onnx.load(str(tmp_path / "bf16" / "model.onnx"))
     assert {i.data_type for i in model.graph.initializer if i.name == "model.embed.weight"} == {onnx.TensorProto.BFLOAT16}
     with pytest.raises(BackendUnavailableError, match="bfloat16"):

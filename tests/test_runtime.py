@@ -195,7 +195,7 @@ def test_depthscale_check_passes_then_fails_on_perturbed_rehashed_weights(artifa
     init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * np.float32(1.5), init.name))
     onnx.save(model, bad / "model.onnx")
     manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["files"]["model.onnx"]["sha256"] = sha256(bad / "model.onnx")
+    manifest["files"]["model.onnx"] = {"sha256": sha256(bad / "model.onnx"), "bytes": (bad / "model.onnx").stat().st_size}
     (bad / "manifest.json").write_text(json.dumps(manifest))
     dr.load(bad)                                              # hashes verify again
     failed = run_check(bad, "--against", DEMO)

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from depthscale.bitlinear import pack_ternary, ternarize
 from depthscale.model import PRECISIONS
+from depthscale.exact_math import exact_linear_op
 from depthscale.window_attention import CHUNKED_FROM, cached_attention, window_attention_op
 
 from ..graph.ops import DOMAIN, DOMAIN_VERSION, PLUGIN_ATTRS, function_protos
@@ -74,8 +75,8 @@ def check_bitlinear(rng: np.random.Generator, opset: int, batch_shape=(2, 5), in
     return _result(op_type, f"{precision} x{list(x.shape)} W[{out_f},{in_f}]", got, expected, exact=True)
 
 
-# WindowAttention rounds a float64 result once, in both; a rare last-bit difference is one ulp of the dtype
-ATTENTION_ATOL = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1.6e-2}
+# ops that round a float64 result once (attention, the head), in both; a rare last-bit difference is one ulp of the dtype
+ROUNDED_ONCE_ATOL = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1.6e-2}
 
 
 def check_window_attention(rng: np.random.Generator, opset: int, B=2, H=4, Hkv=2, n=19, D=8, window=5,
@@ -86,7 +87,7 @@ def check_window_attention(rng: np.random.Generator, opset: int, B=2, H=4, Hkv=2
     feeds = {"Q": q.float().numpy(), "K": k.float().numpy(), "V": v.float().numpy()}
     got = _run(one_node_model("WindowAttention", feeds, {"window": window}, opset, precision), feeds)
     return _result("WindowAttention", f"{precision} q[{B},{H},{n},{D}] kv heads {Hkv} window {window}", got,
-                   expected, exact=False, atol=ATTENTION_ATOL[precision])
+                   expected, exact=False, atol=ROUNDED_ONCE_ATOL[precision])
 
 
 def check_cached_attention(rng: np.random.Generator, opset: int, B=3, H=4, Hkv=2, c=1, S=12, D=8, window=5,
@@ -102,7 +103,19 @@ def check_cached_attention(rng: np.random.Generator, opset: int, B=3, H=4, Hkv=2
              "QStart": q_start.numpy(), "KStart": k_start.numpy()}
     got = _run(one_node_model("CachedAttention", feeds, {"window": window}, opset, precision), feeds)
     return _result("CachedAttention", f"{precision} q[{B},{H},{c},{D}] keys {S} window {window} "
-                   f"q_start {q_start.tolist()}", got, expected, exact=False, atol=ATTENTION_ATOL[precision])
+                   f"q_start {q_start.tolist()}", got, expected, exact=False, atol=ROUNDED_ONCE_ATOL[precision])
+
+
+def check_exact_linear(rng: np.random.Generator, opset: int, batch_shape=(2, 5), in_f=37, out_f=11,
+                       precision: str = "fp32") -> dict:
+    """The head: float64 inside, rounded once, so the same float32 as eager in all but vanishingly rare cases."""
+    x = _in_precision(rng.standard_normal((*batch_shape, in_f)).astype(np.float32) * 3, precision)
+    w = _in_precision(rng.standard_normal((out_f, in_f)).astype(np.float32), precision)
+    expected = exact_linear_op(x, w).float().numpy()
+    feeds = {"X": x.float().numpy(), "W": w.float().numpy()}
+    got = _run(one_node_model("ExactLinear", feeds, {}, opset, precision), feeds)
+    return _result("ExactLinear", f"{precision} x{list(x.shape)} W[{out_f},{in_f}]", got, expected, exact=False,
+                   atol=ROUNDED_ONCE_ATOL[precision])
 
 
 def _result(op_type, case, got, expected, exact, atol=0.0) -> dict:
@@ -127,4 +140,6 @@ def check_ops(opset: int, seed: int = 0, precision: str = "fp32") -> list[dict]:
     # a window cache (S = P + c keys, window P + 1) and the global KV (capacity S, a full window)
     results += [check_cached_attention(rng, opset, c=c, S=S, window=w, Hkv=hkv, precision=precision)
                 for c, S, w, hkv in ((1, 4, 4, 2), (3, 10, 8, 1), (2, 33, 4096, 2), (1, 64, 4096, 4))]
+    results += [check_exact_linear(rng, opset, bs, i, o, precision=precision) for bs, i, o in
+                (((2, 5), 37, 11), ((1, 1), 64, 3), ((3, 40), 512, 256))]
     return results

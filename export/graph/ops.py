@@ -29,13 +29,13 @@ BODY_OPSET = 18          # the opset the bodies are written in; retagged to the 
 _ds = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
 
-def _schema(name: str, inputs: list[tuple[str, str]], attr: str, doc: str) -> OpSchema:
+def _schema(name: str, inputs: list[tuple[str, str]], attr: str | None, doc: str) -> OpSchema:
     """A "depthscale" op: float inputs T (the model's precision), packed weights U, scales F, positions I;
-    one output Y of type T; an int attribute `attr` and the plugin attributes."""
+    one output Y of type T; an int attribute `attr` (if any) and the plugin attributes."""
     FP = OpSchema.FormalParameter
-    attrs = [OpSchema.Attribute(attr, OpSchema.AttrType.INT, ""),
-             OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, ""),
-             OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "")]
+    attrs = [OpSchema.Attribute(attr, OpSchema.AttrType.INT, "")] if attr else []
+    attrs += [OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, ""),
+              OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "")]
     return OpSchema(name, DOMAIN, DOMAIN_VERSION, doc=doc,
                     inputs=[FP(n, t) for n, t in inputs], outputs=[FP("Y", "T")],
                     type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
@@ -55,10 +55,13 @@ CACHED_ATTENTION_SCHEMA = _schema("CachedAttention", [("Q", "T"), ("K", "T"), ("
                                   "attention by position (incremental decoding): Q [B,H,c,D] at positions "
                                   "QStart[b] + i, K/V [B,Hkv,S,D] at KStart[b] + j; query i reads key j iff "
                                   "0 <= qpos - kpos < window and kpos >= 0")
+EXACT_LINEAR_SCHEMA = _schema("ExactLinear", [("X", "T"), ("W", "T")], None,
+                              "y = x · Wᵀ in float64, rounded once to T; W [out, in] (the model's head)")
 _BitLinearNode = onnxscript.values.Op(_ds, "BitLinear", BITLINEAR_SCHEMA)
 _GatedBitLinearNode = onnxscript.values.Op(_ds, "GatedBitLinear", GATED_BITLINEAR_SCHEMA)
 _WindowAttentionNode = onnxscript.values.Op(_ds, "WindowAttention", WINDOW_ATTENTION_SCHEMA)
 _CachedAttentionNode = onnxscript.values.Op(_ds, "CachedAttention", CACHED_ATTENTION_SCHEMA)
+_ExactLinearNode = onnxscript.values.Op(_ds, "ExactLinear", EXACT_LINEAR_SCHEMA)
 
 
 def translate_bitlinear(x, w_packed, gamma, in_features: int):
@@ -77,16 +80,22 @@ def translate_cached_attention(q, k, v, q_start, k_start, window: int):
     return _CachedAttentionNode(q, k, v, q_start, k_start, window=window, **PLUGIN_ATTRS)
 
 
+def translate_exact_linear(x, w):
+    return _ExactLinearNode(x, w, **PLUGIN_ATTRS)
+
+
 def translation_table() -> dict:
     """For torch.onnx.export(custom_translation_table=...)."""
     import torch
 
     import depthscale.bitlinear  # noqa: F401  (registers torch.ops.depthscale.*)
+    import depthscale.exact_math  # noqa: F401
     import depthscale.window_attention  # noqa: F401
     return {torch.ops.depthscale.bitlinear.default: translate_bitlinear,
             torch.ops.depthscale.gated_bitlinear.default: translate_gated_bitlinear,
             torch.ops.depthscale.window_attention.default: translate_window_attention,
-            torch.ops.depthscale.cached_attention.default: translate_cached_attention}
+            torch.ops.depthscale.cached_attention.default: translate_cached_attention,
+            torch.ops.depthscale.exact_linear.default: translate_exact_linear}
 
 
 # ---- function bodies (mirror depthscale/bitlinear.py and depthscale/window_attention.py) ----------
@@ -323,8 +332,16 @@ def CachedAttention(Q: FLOAT, K: FLOAT, V: FLOAT, QStart: INT64, KStart: INT64, 
     return op.CastLike(out, like)
 
 
+@script(_ds, default_opset=op)
+def ExactLinear(X: FLOAT, W: FLOAT) -> FLOAT:
+    """depthscale.exact_math.exact_linear: X [..., in] · Wᵀ in float64, rounded once to X's dtype. W is
+    transposed before its Cast (no Transpose feeds a float64 MatMul; see CachedAttention)."""
+    y = op.MatMul(op.Cast(X, to=11), op.Cast(op.Transpose(W, perm=[1, 0]), to=11))
+    return op.CastLike(y, X)
+
+
 BODY_HELPERS = ("UnpackTernary", "QuantizedProduct", "GatedProduct", "CausalChunk", "BlockAttend")  # called by bodies
-FUNCTIONS = (BitLinear, WindowAttention, CachedAttention, UnpackTernary, QuantizedProduct, GatedProduct, CausalChunk,
+FUNCTIONS = (BitLinear, WindowAttention, CachedAttention, ExactLinear, UnpackTernary, QuantizedProduct, GatedProduct, CausalChunk,
              BlockAttend)
 
 

@@ -91,7 +91,7 @@ def expose_loop_state(model: ir.Model, name: str = "state") -> None:
 
 # ops that only pass half-precision values along (or read their shape), which ONNX Runtime runs for
 # any dtype
-_ANY_DTYPE_OPS = {"Cast", "CastLike", "Identity", "Shape", "Size", "Loop", "If", "Constant"}
+_ANY_DTYPE_OPS = {"Cast", "CastLike", "Identity", "Shape", "Size", "Loop", "If", "Constant", "ConstantOfShape"}
 HALF_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
