@@ -42,12 +42,13 @@ def test_one_loop_custom_nodes_functions_and_checker(demo_onnx):
     nodes = list(all_nodes(model.graph))
     assert sum(n.op_type == "Loop" for n in nodes) == 1
     custom = [n for n in nodes if n.domain == DOMAIN]
-    assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", "WindowAttention"}
+    assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", "WindowAttention", "ExactLinear"}
     assert not {n.op_type for n in custom} & ONNX_OP_NAMES
     for n in custom:
         attrs = {a.name: a for a in n.attribute}
         assert attrs["plugin_namespace"].s == b"depthscale" and attrs["plugin_version"].s == b"1"
-    assert {f.name for f in model.functions} == {"BitLinear", "GatedBitLinear", "WindowAttention", *BODY_HELPERS}
+    assert {f.name for f in model.functions} == {"BitLinear", "GatedBitLinear", "WindowAttention", "ExactLinear",
+                                                 *BODY_HELPERS}
     assert all(f.domain == DOMAIN for f in model.functions)
     (loop,) = [n for n in nodes if n.op_type == "Loop"]
     body = next(a.g for a in loop.attribute if a.name == "body")
