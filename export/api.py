@@ -1,7 +1,8 @@
 """export(): checkpoint or model -> artifact directory, gated on parity with eager PyTorch.
 
 Stages (each timed, reported on stderr unless quiet): load, export, functions (our graph passes,
-then any of yours), check, parity, engines (TensorRT, where it and a GPU are present), write.
+then any of yours), check, parity, engines (TensorRT-RTX where it is installed, full TensorRT where it
+and a GPU are present), write.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from .graph.export import DEFAULT_OPSET, export_graph, finish_graph
 from .graph.ops import DOMAIN, DOMAIN_VERSION
 from .gate.op_check import check_ops
 from .gate.parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
-from .engines.tensorrt import Profile, build_engines, tensorrt_unavailable
+from .engines.network import Profile
 from .engines.readiness import check_tensorrt_readiness
+from .engines.rtx import DEFAULT_TARGETS, check_targets
+from .engines.tensorrt import build_engines
 
 
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -63,8 +66,9 @@ class ExportOptions:
     # your own passes (onnx_ir.Model -> None, in place), run after ours and before the gate, so the
     # gate verifies them
     graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
-    engines: bool = True                                 # build TensorRT engines where TensorRT and a GPU are present
+    engines: bool = True                                 # build TensorRT engines where a flavor can build here
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
+    rtx_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))   # TensorRT-RTX: sm86, ...
     command: str | None = None                           # recorded in the manifest
 
 
@@ -132,6 +136,10 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
     if opts.tolerances is None:
         opts = replace(opts, tolerances=DEFAULT_TOLERANCES[opts.precision])
+    try:
+        opts = replace(opts, rtx_targets=check_targets(opts.rtx_targets))
+    except ValueError as e:
+        raise BadInput(str(e)) from None
     progress = _Progress(opts.quiet)
     model = progress.stage("load", _load, source)
     cfg = model.config
@@ -148,7 +156,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         onnx_path = tmp / "model.onnx"
         ir.save(onnx_model, str(onnx_path))
         (tmp / "config.json").write_text(cfg.to_json() + "\n")
-        readiness = progress.stage("check", _check, onnx_path, cap)
+        readiness = progress.stage("check", _check, onnx_path)
         iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
         tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
         samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
@@ -184,19 +192,27 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
 
 def _engines(model: DepthScaleModel, onnx_path: Path, artifact: Path, samples: list[Sample], opts: ExportOptions,
              onnx_passed: bool) -> dict:
-    """TensorRT engines where TensorRT and a GPU are present (engines.tensorrt; not verified here), else
-    {"built": False, "why": ...}, which the manifest records."""
-    why = ("not asked for (engines=False)" if not opts.engines else
-           "the ONNX Runtime parity gate failed" if not onnx_passed else tensorrt_unavailable())
-    if why:
+    """TensorRT plans for every graph of the artifact (today model.onnx) in every flavor that can build
+    here (engines.tensorrt); the manifest records them and why any flavor was skipped."""
+    def say(line):
         if not opts.quiet:
-            print(f"[depthscale-export] TensorRT engines skipped: {why}", file=sys.stderr, flush=True)
-        return {"built": False, "why": why}
-    profile = opts.trt_profile or Profile.default(model.config.max_seq_len)
-    try:
-        return build_engines(onnx_path, artifact, profile, model, samples, opts.tolerances, opts.seed)
-    except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
-        raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
+            print(f"[depthscale-export] {line}", file=sys.stderr, flush=True)
+
+    why = ("not asked for (engines=False)" if not opts.engines else
+           "the ONNX Runtime parity gate failed" if not onnx_passed else None)
+    if why:
+        section = {"built": False, "engines": [], "skipped": {"tensorrt-rtx": why, "tensorrt": why}}
+    else:
+        profile = opts.trt_profile or Profile.default(model.config.max_seq_len)
+        graphs = [p.name for p in sorted(artifact.glob("*.onnx"))]
+        try:
+            section = build_engines(artifact, graphs, profile, opts.rtx_targets, model, samples, opts.tolerances,
+                                    opts.seed, log=say)
+        except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
+            raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
+    for flavor, reason in section["skipped"].items():
+        say(f"{flavor} engines skipped: {reason}")
+    return section
 
 
 def _describe(value: ir.Value) -> dict:
@@ -212,13 +228,13 @@ def _write(tmp: Path, parity: dict, report: dict) -> None:
     write_json(tmp / MANIFEST, report)
 
 
-def _check(onnx_path: Path, cap: int) -> dict:
+def _check(onnx_path: Path) -> dict:
     """onnx.checker (full) must pass; the TensorRT-readiness findings are reported, not gated on."""
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportFailed(f"onnx.checker rejected the graph: {str(e)[:300]}") from e
-    return check_tensorrt_readiness(onnx.load(str(onnx_path)), cap)
+    return check_tensorrt_readiness(onnx.load(str(onnx_path)))
 
 
 def _parity(model: DepthScaleModel, onnx_path: str, samples: list[Sample], opts: ExportOptions) -> dict:
