@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also apply your own pass (onnx_ir.Model -> None, in place) before the gate; repeatable")
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where possible")
     p.add_argument("--rtx-targets", type=lambda t: t.split(","), default=list(DEFAULT_TARGETS), metavar="SM,...",
-                   help=f"TensorRT-RTX compute capabilities, built on this CPU, one plan each (choices "
+                   help=f"TensorRT-RTX compute capabilities one plan serves, built on this CPU (choices "
                         f"{','.join(TARGETS)}; default {','.join(DEFAULT_TARGETS)})")
     p.add_argument("--trt-profile", type=_profile, default=None, metavar="MIN:OPT:MAX",
                    help="TensorRT optimisation profile over batch and seq, e.g. 1x1:1x512:8x4096 "

@@ -112,14 +112,15 @@ class TensorRTBackend:
         return outputs["logits"], outputs["iterations"].astype(np.int64)
 
 
-def _flavors() -> list[tuple[str, str]]:
-    """(manifest flavor, directory suffix) of the TensorRT flavors installed here, full TensorRT first."""
+def _expected_dirs(sm: str) -> list[tuple[str, str]]:
+    """(flavor, engines/ directory) of a plan this machine can run, for each flavor installed here, full
+    TensorRT first: sm<XY>-trt<version> (built for this GPU), rtx<version> (built for several targets)."""
     found = []
     if importlib.util.find_spec("tensorrt") is not None:
         import tensorrt
-        found.append(("tensorrt", f"trt{tensorrt.__version__}"))
+        found.append(("tensorrt", f"engines/{sm}-trt{tensorrt.__version__}"))
     if tensorrt_rtx_missing() is None:
-        found.append(("tensorrt-rtx", f"rtx{import_tensorrt_rtx().__version__}"))
+        found.append(("tensorrt-rtx", f"engines/rtx{import_tensorrt_rtx().__version__}"))
     return found
 
 
@@ -134,11 +135,12 @@ def local_compute_capability() -> str:
 
 
 def tensorrt_backend(artifact, **options) -> Backend:
-    """The artifact's plan for this GPU and an installed flavor (directory sm<XY>-trt<version> for full
-    TensorRT, sm<XY>-rtx<version> for TensorRT-RTX). For TensorRT-RTX plans the plugins' creators are
-    registered first (depthscale_runtime.rtx_plugins; the plan holds their PTX) and providers says so."""
+    """The artifact's plan for this GPU and an installed flavor (see _expected_dirs; a TensorRT-RTX plan
+    must list this GPU among its targets). For TensorRT-RTX plans the plugins' creators are registered
+    first (depthscale_runtime.rtx_plugins; the plan holds their PTX) and providers says so."""
     section = artifact.manifest.get("tensorrt", {})
-    found = sorted({e["dir"] for e in section.get("engines", []) if e.get("graph", "model.onnx") == "model.onnx"})
+    main = [e for e in section.get("engines", []) if e.get("graph", "model.onnx") == "model.onnx"]
+    found = sorted({e["dir"] for e in main})
     if not found:
         why = "; ".join(f"{k}: {v}" for k, v in section.get("skipped", {}).items()) or section.get("why", "nothing")
         raise BackendUnavailableError(f"{artifact.path} has no TensorRT engines (its export says: {why}); "
@@ -150,10 +152,9 @@ def tensorrt_backend(artifact, **options) -> Backend:
         sm = local_compute_capability()
     except BackendUnavailableError as e:
         raise BackendUnavailableError(f"{e}; this artifact's engines are {', '.join(found)}") from None
-    flavors = _flavors()
-    for flavor, suffix in flavors:
-        expected = f"engines/{sm}-{suffix}"
-        if expected in found:
+    expected_dirs = _expected_dirs(sm)
+    for flavor, expected in expected_dirs:
+        if any(e["dir"] == expected and sm in e.get("targets", [sm]) for e in main):
             if flavor == "tensorrt":
                 import tensorrt as trt
                 return TensorRTBackend(trt, artifact.path / expected / "model.plan", ["TensorRT"])
@@ -161,9 +162,9 @@ def tensorrt_backend(artifact, **options) -> Backend:
             registered = rtx_plugins.register()
             return TensorRTBackend(rtx_plugins.trt, artifact.path / expected / "model.plan",
                                    ["TensorRT-RTX", f"plugins registered by depthscale_runtime: {', '.join(registered)}"])
-    expected = ", ".join(f"engines/{sm}-{suffix}" for _, suffix in flavors)
+    expected = ", ".join(f"{d} (for {sm})" for _, d in expected_dirs)
     raise BackendUnavailableError(f"{artifact.path} has no engine for this machine: expected {expected}, found "
-                                  f"{', '.join(found)} (rebuild with depthscale-export on this machine)")
+                                  f"{', '.join(found)} (rebuild with depthscale-export, --rtx-targets {sm})")
 
 
 # name -> factory(artifact, **options); "auto" tries them in this order (fastest first)

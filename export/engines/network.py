@@ -68,12 +68,12 @@ class ParseError(RuntimeError):
 
 
 def parse(trt, onnx_path: Path, logger):
-    """(builder, network, parser) for onnx_path, strongly typed, with the plugin override (the plugins
-    must be registered first). Raises ParseError with the parser's errors."""
+    """(builder, network, parser) for onnx_path, strongly typed (the plugins must be registered first).
+    The parser runs with its default flags, so a custom node goes to a plugin only if it carries the
+    plugin attributes, as the readiness check requires. Raises ParseError with the parser's errors."""
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
         raise ParseError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
@@ -84,6 +84,16 @@ def add_profile(builder, config, profile: Profile) -> None:
     trt_profile = builder.create_optimization_profile()
     trt_profile.set_shape("input_ids", profile.min, profile.opt, profile.max)
     config.add_optimization_profile(trt_profile)
+
+
+def target_config(trt, builder, targets: list[str], profile: Profile):
+    """A TensorRT-RTX builder config for an ahead-of-time (CPU) build for `targets` ("sm86", ...)."""
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = len(targets)
+    for i, target in enumerate(targets):
+        config.set_compute_capability(getattr(trt.ComputeCapability, target.upper()), i)
+    add_profile(builder, config, profile)
+    return config
 
 
 def network_facts(trt, network) -> dict:
@@ -104,6 +114,24 @@ def network_facts(trt, network) -> dict:
             layer.__class__ = trt.ITripLimitLayer
             count_limits += layer.kind == trt.TripLimit.COUNT
     return {"layers": layers, "dtypes": dtypes, "plugin_inputs": plugin_inputs, "count_trip_limits": count_limits}
+
+
+def parser_verdict(trt, onnx_path: Path, profile: Profile, targets: list[str] | None = None) -> dict:
+    """What the real parser (and, given targets, the builder) makes of a graph: {"parsed", "errors", and
+    when parsed network_facts' keys, "plugin_input_conversions", and with targets "built"}. The
+    readiness check's rules are cross-checked against this."""
+    logger = make_logger(trt)
+    try:
+        builder, network, _ = parse(trt, onnx_path, logger)
+    except ParseError as e:
+        return {"parsed": False, "errors": [str(e)]}
+    facts = network_facts(trt, network)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    verdict = {"parsed": True, **facts, "plugin_input_conversions": plugin_input_conversions(model, facts)}
+    if targets:
+        config = target_config(trt, builder, targets, profile)
+        verdict["built"] = builder.build_serialized_network(network, config) is not None
+    return verdict | {"errors": logger.errors}
 
 
 def plugin_input_conversions(model: onnx.ModelProto, facts: dict) -> list[str]:
