@@ -26,6 +26,10 @@ class Profile:
     opt: tuple[int, int]
     max: tuple[int, int]
 
+    def as_dict(self) -> dict:
+        """{"min": [batch, seq], "opt": ..., "max": ...}, as the manifest stores it."""
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
     @staticmethod
     def default(max_seq_len: int) -> "Profile":
         return Profile(min=(1, 1), opt=(1, min(512, max_seq_len)), max=(8, max_seq_len))

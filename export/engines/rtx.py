@@ -104,7 +104,7 @@ def _build(trt, onnx_path: Path, out_dir: Path, targets: list[str], profile: Pro
     inventory = engine_inventory(logger.layer_report, model)
     return {"flavor": "tensorrt-rtx", "graph": onnx_path.name, "plan": plan_path.name, "targets": targets,
             "tensorrt_rtx": trt.__version__, "build_s": round(seconds, 2), "bytes": plan_path.stat().st_size,
-            "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+            "profile": profile.as_dict(),
             "inventory": inventory, "parser_conversions": plugin_input_conversions(model, facts),
             "runtime_plugins": "Python IPluginV3 creators: depthscale_runtime registers them before loading "
                                "the plan (TensorRT-RTX has no AOT plugin module)"}

@@ -14,7 +14,6 @@ The manifest's "tensorrt" section: {"built", "engines": [one entry per plan], "s
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict
 from pathlib import Path
 
 from .network import Profile, add_profile, make_logger, parse
@@ -96,7 +95,7 @@ def _build_tensorrt(artifact: Path, graphs: list[str], profile: Profile, model, 
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
         entries.append({"dir": str(out_dir.relative_to(artifact)), "flavor": "tensorrt", "graph": graph,
                         "plan": plan_name, "timing_cache": cache_path.name, "tensorrt": trt.__version__,
-                        "profile": asdict(profile)})
+                        "profile": profile.as_dict()})
     inside = [s for s in samples if profile.min[0] <= s.batch <= profile.max[0] and profile.min[1] <= s.seq <= profile.max[1]]
     rows = compare_samples(model, TrtRunner(EngineFromBytes(plans[graphs[0]])), inside, tolerances, seed)["rows"]
     return entries, {"passed": all(r["passed"] for r in rows), "samples": len(rows),
