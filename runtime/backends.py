@@ -130,7 +130,7 @@ def local_compute_capability() -> str:
         cap = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=30, check=True).stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        raise BackendUnavailableError("no NVIDIA GPU here (nvidia-smi did not report one)") from None
+        raise BackendUnavailableError("no NVIDIA GPU here for the tensorrt backend (nvidia-smi did not report one)") from None
     return f"sm{cap.replace('.', '')}"
 
 

@@ -51,7 +51,7 @@ def test_manifest_records_everything_and_hashes_match(artifact):
     assert [i["name"] for i in m["inputs"]] == ["input_ids", "max_iters", "tol"]
     assert m["inputs"][0]["shape"] == ["batch", "seq"] and m["outputs"][0]["shape"][:2] == ["batch", "seq"]
     assert m["max_seq_len"] == 1024 and m["command"].startswith("depthscale-export ")
-    assert m["tensorrt_readiness"]["passed"] and len(m["tensorrt_readiness"]["checks"]) == 6
+    assert m["tensorrt_readiness"]["passed"] and len(m["tensorrt_readiness"]["checks"]) == 10
     assert set(m["files"]) == {"model.onnx", "config.json", "reports/parity.json"}
     import hashlib
     for name, entry in m["files"].items():
