@@ -3,7 +3,7 @@
 Stages (each timed, reported on stderr unless quiet): load, export (the forward graph, and the prefill
 and decode graphs where the model decodes incrementally), functions (our graph passes, then any of
 yours, on every graph), check, parity (the forward gate, the op checks, the decoding gate), engines
-(TensorRT, where it and a GPU are present), write.
+(TensorRT-RTX where it is installed, full TensorRT where it and a GPU are present), write.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ from .graph.ops import DOMAIN, DOMAIN_VERSION
 from .graph.weights import WEIGHTS_FILE, save_graphs
 from .gate.op_check import check_ops
 from .gate.parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
-from .engines.tensorrt import Profile, build_engines, tensorrt_unavailable
+from .engines.network import Profile
 from .engines.readiness import check_tensorrt_readiness
+from .engines.rtx import DEFAULT_TARGETS, check_targets
+from .engines.tensorrt import build_engines
 
 
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -72,8 +74,9 @@ class ExportOptions:
     # "model", "prefill" or "decode") after ours and before the gate, so the gate verifies them
     graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
     decode: bool = True                                  # prefill and decode graphs (where the model decodes incrementally)
-    engines: bool = True                                 # build TensorRT engines where TensorRT and a GPU are present
+    engines: bool = True                                 # build TensorRT engines where a flavor can build here
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
+    rtx_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))   # TensorRT-RTX: sm86, ...
     command: str | None = None                           # recorded in the manifest
 
 
@@ -147,6 +150,10 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
     if opts.tolerances is None:
         opts = replace(opts, tolerances=DEFAULT_TOLERANCES[opts.precision])
+    try:
+        opts = replace(opts, rtx_targets=check_targets(opts.rtx_targets))
+    except ValueError as e:
+        raise BadInput(str(e)) from None
     progress = _Progress(opts.quiet)
     model = progress.stage("load", _load, source)
     cfg = model.config
@@ -173,7 +180,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     with staging_dir(out, opts.force) as tmp:
         files = save_graphs(graphs, tmp)
         (tmp / "config.json").write_text(cfg.to_json() + "\n")
-        readiness = progress.stage("check", _check, tmp, files, cap)
+        readiness = progress.stage("check", _check, tmp, files)
         iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
         tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
         samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
@@ -182,7 +189,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             parity = progress.stage("parity", _parity, model, tmp, samples, decode_samples, opts)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
             raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
-        tensorrt = progress.stage("engines", _engines, model, tmp / files["model"], tmp, samples, opts, parity["passed"])
+        tensorrt = progress.stage("engines", _engines, model, tmp, list(files.values()), samples, opts, parity["passed"])
         passed = parity["passed"] and tensorrt.get("parity", {}).get("passed", True)
         report = {
             "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
@@ -210,21 +217,28 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     return report
 
 
-def _engines(model: DepthScaleModel, onnx_path: Path, artifact: Path, samples: list[Sample], opts: ExportOptions,
+def _engines(model: DepthScaleModel, artifact: Path, graphs: list[str], samples: list[Sample], opts: ExportOptions,
              onnx_passed: bool) -> dict:
-    """TensorRT engines where TensorRT and a GPU are present (engines.tensorrt; not verified here), else
-    {"built": False, "why": ...}, which the manifest records."""
-    why = ("not asked for (engines=False)" if not opts.engines else
-           "the ONNX Runtime parity gate failed" if not onnx_passed else tensorrt_unavailable())
-    if why:
+    """TensorRT plans for every graph of the artifact in every flavor that can build
+    here (engines.tensorrt); the manifest records them and why any flavor was skipped."""
+    def say(line):
         if not opts.quiet:
-            print(f"[depthscale-export] TensorRT engines skipped: {why}", file=sys.stderr, flush=True)
-        return {"built": False, "why": why}
-    profile = opts.trt_profile or Profile.default(model.config.max_seq_len)
-    try:
-        return build_engines(onnx_path, artifact, profile, model, samples, opts.tolerances, opts.seed)
-    except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
-        raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
+            print(f"[depthscale-export] {line}", file=sys.stderr, flush=True)
+
+    why = ("not asked for (engines=False)" if not opts.engines else
+           "the ONNX Runtime parity gate failed" if not onnx_passed else None)
+    if why:
+        section = {"built": False, "engines": [], "skipped": {"tensorrt-rtx": why, "tensorrt": why}}
+    else:
+        profile = opts.trt_profile or Profile.default(model.config.max_seq_len)
+        try:
+            section = build_engines(artifact, graphs, profile, opts.rtx_targets, model, samples, opts.tolerances,
+                                    opts.seed, log=say)
+        except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
+            raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
+    for flavor, reason in section["skipped"].items():
+        say(f"{flavor} engines skipped: {reason}")
+    return section
 
 
 def _describe(value: ir.Value) -> dict:
@@ -240,7 +254,7 @@ def _write(tmp: Path, parity: dict, report: dict) -> None:
     write_json(tmp / MANIFEST, report)
 
 
-def _check(artifact: Path, files: dict[str, str], cap: int) -> dict:
+def _check(artifact: Path, files: dict[str, str]) -> dict:
     """onnx.checker (full) must pass on every graph; the TensorRT-readiness findings of each are reported,
     not gated on. Returns the readiness report of every graph."""
     readiness = {}
@@ -249,7 +263,7 @@ def _check(artifact: Path, files: dict[str, str], cap: int) -> dict:
             onnx.checker.check_model(str(artifact / file), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise ExportFailed(f"onnx.checker rejected {file}: {str(e)[:300]}") from e
-        readiness[name] = check_tensorrt_readiness(onnx.load(str(artifact / file)), cap)
+        readiness[name] = check_tensorrt_readiness(onnx.load(str(artifact / file)))
     return {"passed": all(r["passed"] for r in readiness.values()), "graphs": readiness}
 
 

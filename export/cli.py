@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .api import BadInput, ExportFailed, ExportOptions, export
 from .gate.parity import DEFAULT_TOLERANCES, Tolerances
-from .engines.tensorrt import Profile
+from .engines.network import Profile
+from .engines.rtx import DEFAULT_TARGETS, TARGETS
 
 EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-decode", action="store_true",
                    help="no prefill/decode graphs (incremental decoding): a smaller artifact for whole-sequence use")
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where possible")
+    p.add_argument("--rtx-targets", type=lambda t: t.split(","), default=list(DEFAULT_TARGETS), metavar="SM,...",
+                   help=f"TensorRT-RTX compute capabilities one plan serves, built on this CPU (choices "
+                        f"{','.join(TARGETS)}; default {','.join(DEFAULT_TARGETS)})")
     p.add_argument("--trt-profile", type=_profile, default=None, metavar="MIN:OPT:MAX",
                    help="TensorRT optimisation profile over batch and seq, e.g. 1x1:1x512:8x4096 "
                         "(default 1x1:1x512:8xmax_seq_len)")
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
     opts = ExportOptions(opset=args.opset, max_iters_cap=args.max_iters_cap, seed=args.seed, force=args.force,
                          precision=args.precision, tolerances=tolerances, iters=args.iters,
                          decode=not args.no_decode, engines=not args.no_engines, trt_profile=args.trt_profile,
+                         rtx_targets=args.rtx_targets,
                          tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:
         opts.shapes = args.shapes
@@ -171,8 +176,10 @@ def _print_table(out: Path, report: dict, verbose: bool) -> None:
     print("TensorRT readiness (static, not gating): " + ("all checks pass" if trt["passed"] else
           "problems: " + "; ".join(problems)), file=err)
     engines = report["tensorrt"]
-    print("TensorRT engines: " + (", ".join(e["dir"] for e in engines["engines"]) if engines["built"]
-                                  else f"not built ({engines['why']})"), file=err)
+    built = sorted({e["dir"] for e in engines["engines"]})
+    skipped = "; ".join(f"{flavor}: {why}" for flavor, why in engines["skipped"].items())
+    print("TensorRT engines: " + (", ".join(built) if built else "none") + (f" (skipped {skipped})" if skipped else ""),
+          file=err)
     print(f"{'PASSED' if report['status'] == 'passed' else 'FAILED'}: {out}", file=err)
 
 

@@ -3,8 +3,8 @@ ones that decode incrementally also prefill() and decode().
 
 Backends receive validated inputs only. "onnxruntime" runs on CPU, or on CUDA where onnxruntime-gpu
 and a GPU are present (that path is not verified here: this machine has no GPU). "tensorrt" runs the
-artifact's plan for the local GPU and TensorRT version, and says plainly what it expected and found
-when there is none (not verified here beyond those refusals: no TensorRT, no GPU).
+artifact's plan for the local GPU and an installed flavor (full TensorRT or TensorRT-RTX), and says
+plainly what it expected and found when there is none (not verified here beyond those refusals: no GPU).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from . import cuda_driver
 from .errors import BackendUnavailableError, InvalidGraphError
+from .tensorrt_rtx import import_tensorrt_rtx, tensorrt_rtx_missing
 
 
 class Backend(Protocol):
@@ -119,54 +121,102 @@ def onnxruntime_backend(artifact, **options) -> Backend:
 
 
 class TensorRTBackend:
-    """The artifact's TensorRT plan for this machine's GPU and TensorRT version, run by Polygraphy's
-    TrtRunner (device buffers; CUDA through TensorRT and Polygraphy, no torch). One call at a time (a
+    """One TensorRT or TensorRT-RTX plan (`trt`: the flavor's module), run through the TensorRT API with
+    device buffers from the CUDA driver (cuda_driver: no torch, no Polygraphy). One call at a time (a
     lock), as an execution context is not shared between threads.
 
-    NOT VERIFIED HERE: this workplace has neither TensorRT nor a GPU; only the refusals run here."""
+    NOT VERIFIED HERE: this workplace has no GPU; only the refusals run here."""
 
     name = "tensorrt"
 
-    def __init__(self, plan: bytes):
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-        self.runner = TrtRunner(EngineFromBytes(plan))
-        self.runner.activate()
-        self.providers = ["TensorRT"]
+    def __init__(self, trt, plan: bytes, name: str, providers: list[str]):
+        cuda_driver.use_primary_context()
+        self.trt, self.providers = trt, providers
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise BackendUnavailableError(f"{providers[0]} could not load {name} (see its log above)")
+        self._context = self._engine.create_execution_context()
+        self._stream = cuda_driver.create_stream()
         self._lock = threading.Lock()
 
     def run(self, ids, lengths, max_iters, tol):
+        feeds = _feed(ids, lengths, max_iters, tol)
+        engine, context, trt = self._engine, self._context, self.trt
         with self._lock:
-            out = self.runner.infer(_feed(ids, lengths, max_iters, tol))
-        return np.asarray(out["logits"]), np.asarray(out["iterations"])
+            buffers, outputs = [], {}
+            for name, value in feeds.items():
+                host = np.ascontiguousarray(value, dtype=trt.nptype(engine.get_tensor_dtype(name)))
+                context.set_input_shape(name, host.shape)
+                buffers.append(cuda_driver.DeviceBuffer(host.nbytes))
+                buffers[-1].upload(host, self._stream)
+                context.set_tensor_address(name, buffers[-1].ptr.value)
+            for name in ("logits", "iterations"):
+                outputs[name] = np.empty(tuple(context.get_tensor_shape(name)),
+                                         dtype=trt.nptype(engine.get_tensor_dtype(name)))
+                buffers.append(cuda_driver.DeviceBuffer(outputs[name].nbytes))
+                context.set_tensor_address(name, buffers[-1].ptr.value)
+            if not context.execute_async_v3(self._stream):
+                raise RuntimeError(f"{self.providers[0]} failed to run the plan")
+            for buffer, host in zip(buffers[len(feeds):], outputs.values()):
+                buffer.download(host, self._stream)
+            cuda_driver.synchronize(self._stream)
+        return outputs["logits"], outputs["iterations"].astype(np.int64)
 
 
-def local_engine_dir() -> str:
-    """"sm<major><minor>-trt<version>" for this machine (the name export gives its engine directory)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        raise BackendUnavailableError("tensorrt is not installed here")
+def _expected_dirs(sm: str) -> list[tuple[str, str]]:
+    """(flavor, engines/ directory) of a plan this machine can run, for each flavor installed here, full
+    TensorRT first: sm<XY>-trt<version> (built for this GPU), rtx<version> (built for several targets)."""
+    found = []
+    if importlib.util.find_spec("tensorrt") is not None:
+        import tensorrt
+        found.append(("tensorrt", f"engines/{sm}-trt{tensorrt.__version__}"))
+    if tensorrt_rtx_missing() is None:
+        found.append(("tensorrt-rtx", f"engines/rtx{import_tensorrt_rtx().__version__}"))
+    return found
+
+
+def local_compute_capability() -> str:
+    """"sm<major><minor>" of this machine's GPU (nvidia-smi), or BackendUnavailableError."""
     try:
         cap = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=30, check=True).stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        raise BackendUnavailableError("no NVIDIA GPU here (nvidia-smi did not report one)") from None
-    import tensorrt as trt
-    return f"sm{cap.replace('.', '')}-trt{trt.__version__}"
+        raise BackendUnavailableError("no NVIDIA GPU here for the tensorrt backend (nvidia-smi did not report one)") from None
+    return f"sm{cap.replace('.', '')}"
 
 
 def tensorrt_backend(artifact, **options) -> Backend:
+    """The artifact's plan for this GPU and an installed flavor (see _expected_dirs; a TensorRT-RTX plan
+    must list this GPU among its targets). For TensorRT-RTX plans the plugins' creators are registered
+    first (depthscale_runtime.rtx_plugins; the plan holds their PTX) and providers says so."""
     section = artifact.manifest.get("tensorrt", {})
-    found = [e["dir"] for e in section.get("engines", [])]
+    main = [e for e in section.get("engines", []) if e.get("graph", "model.onnx") == "model.onnx"]
+    found = sorted({e["dir"] for e in main})
     if not found:
-        raise BackendUnavailableError(f"{artifact.path} has no TensorRT engines (its export says: "
-                                      f"{section.get('why', 'nothing')}); use backend='onnxruntime'")
+        why = "; ".join(f"{k}: {v}" for k, v in section.get("skipped", {}).items()) or section.get("why", "nothing")
+        raise BackendUnavailableError(f"{artifact.path} has no TensorRT engines (its export says: {why}); "
+                                      f"use backend='onnxruntime'")
+    if importlib.util.find_spec("tensorrt") is None and tensorrt_rtx_missing() is not None:
+        raise BackendUnavailableError(f"neither tensorrt nor tensorrt_rtx is installed here; this artifact's engines "
+                                      f"are {', '.join(found)}")
     try:
-        expected = f"engines/{local_engine_dir()}"
+        sm = local_compute_capability()
     except BackendUnavailableError as e:
         raise BackendUnavailableError(f"{e}; this artifact's engines are {', '.join(found)}") from None
-    if expected not in found:
-        raise BackendUnavailableError(f"{artifact.path} has no engine for this machine: expected {expected}, found "
-                                      f"{', '.join(found)} (rebuild with depthscale-export on this machine)")
-    return TensorRTBackend(artifact.file(f"{expected}/model.plan"))
+    expected_dirs = _expected_dirs(sm)
+    for flavor, expected in expected_dirs:
+        if any(e["dir"] == expected and sm in e.get("targets", [sm]) for e in main):
+            if flavor == "tensorrt":
+                import tensorrt as trt
+                return TensorRTBackend(trt, artifact.file(f"{expected}/model.plan"), f"{expected}/model.plan", ["TensorRT"])
+            from . import rtx_plugins
+            registered = rtx_plugins.register()
+            return TensorRTBackend(rtx_plugins.trt, artifact.file(f"{expected}/model.plan"), f"{expected}/model.plan",
+                                   ["TensorRT-RTX", f"plugins registered by depthscale_runtime: {', '.join(registered)}"])
+    expected = ", ".join(f"{d} (for {sm})" for _, d in expected_dirs)
+    raise BackendUnavailableError(f"{artifact.path} has no engine for this machine: expected {expected}, found "
+                                  f"{', '.join(found)} (rebuild with depthscale-export, --rtx-targets {sm})")
 
 
 # name -> factory(artifact, **options); "auto" tries them in this order (fastest first)

@@ -63,9 +63,11 @@ def test_manifest_records_everything_and_hashes_match(artifact):
     assert decode["inputs"][6]["shape"] == ["batch", 2, 2, "capacity", 16]
     assert m["decode"] == {"available": True} and m["parity"]["decode"]["passed"]
     assert m["max_seq_len"] == 1024 and m["command"].startswith("depthscale-export ")
-    assert m["tensorrt_readiness"]["passed"] and set(m["tensorrt_readiness"]["graphs"]) == {"model", "prefill", "decode"}
-    assert set(m["files"]) == {"model.onnx", "prefill.onnx", "decode.onnx", "weights.bin", "config.json",
-                               "reports/parity.json"}
+    readiness = m["tensorrt_readiness"]
+    assert readiness["passed"] and set(readiness["graphs"]) == {"model", "prefill", "decode"}
+    assert all(len(r["checks"]) == 10 for r in readiness["graphs"].values())
+    assert {name for name in m["files"] if not name.startswith("engines/")} == {
+        "model.onnx", "prefill.onnx", "decode.onnx", "weights.bin", "config.json", "reports/parity.json"}
     import hashlib
     for name, entry in m["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]

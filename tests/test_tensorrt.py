@@ -1,7 +1,8 @@
-"""The TensorRT layer as far as it runs here. TensorRT's builder cannot be installed in this workplace and
-this machine has no GPU, so: the AOT kernels are compiled to PTX for sm_90 on the CPU (Triton's own
+"""Full TensorRT as far as it runs here. Its builder cannot be installed in this workplace and this
+machine has no GPU, so: the AOT kernels are compiled to PTX for sm_90 on the CPU (Triton's own
 compiler), the export stage and the runtime backend are checked on the path that refuses, with its
-reason; the tests that need TensorRT or CUDA skip and say which."""
+reason; the tests that need TensorRT or CUDA skip and say "not verified here". (TensorRT-RTX, which
+does build here: tests/test_tensorrt_rtx.py.)"""
 
 import hashlib
 import importlib.util
@@ -15,7 +16,8 @@ import pytest
 import depthscale_runtime
 from depthscale import demo_checkpoint
 from depthscale_export import export
-from depthscale_export.engines.tensorrt import Profile, tensorrt_unavailable
+from depthscale_export.engines.network import Profile
+from depthscale_export.engines.tensorrt import tensorrt_unavailable
 from depthscale_runtime import BackendUnavailableError
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -25,7 +27,7 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "demo-onnx"
-    export(demo_checkpoint(), out, shapes=[(1, 7)], iters=[0, 4], tols=[0.0], quiet=True)
+    export(demo_checkpoint(), out, shapes=[(1, 7)], iters=[0, 4], tols=[0.0], quiet=True, engines=False)
     return out
 
 
@@ -35,7 +37,7 @@ def test_bitlinear_aot_kernel_compiles_to_ptx_for_sm90(dtype, gated):
     from depthscale.kernels import aot
     kernel = aot.bitlinear(dtype, gated, arch=90)
     assert f".entry {kernel.name}" in kernel.ptx and ".target sm_90" in kernel.ptx
-    assert kernel.num_warps > 0 and kernel.blocks["BM"] >= 16
+    assert kernel.num_warps > 0 and kernel.blocks["BM"] >= 16 and kernel.scratch_pointers == 2
     # no contracted float32 multiply-adds: each op rounds as in the eager op (FMAs in float64 are exp's own)
     assert "fma.rn.f32" not in kernel.ptx and "mul.rn.f32" in kernel.ptx
 
@@ -51,17 +53,21 @@ def test_window_attention_aot_kernel_compiles_to_ptx_for_sm90(dtype):
 
 
 def test_export_records_why_no_engine_was_built(artifact):
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["tensorrt"] == {"built": False, "why": tensorrt_unavailable()}
+    section = json.loads((artifact / "manifest.json").read_text())["tensorrt"]
+    why = "not asked for (engines=False)"
+    assert section == {"built": False, "engines": [], "skipped": {"tensorrt-rtx": why, "tensorrt": why}}
     assert not (artifact / "engines").exists()
 
 
 def test_cli_reports_the_skip_and_refuses_a_bad_profile(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "depthscale_export.cli", str(demo_checkpoint()), "-o",
-                           str(tmp_path / "a"), "--shapes", "1x3", "--iters", "0,1", "--tols", "0"],
+                           str(tmp_path / "a"), "--shapes", "1x3", "--iters", "0,1", "--tols", "0", "--no-engines"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "TensorRT engines skipped: " in proc.stderr and "TensorRT engines: not built (" in proc.stderr
+    for flavor in ("tensorrt-rtx", "tensorrt"):
+        assert f"[depthscale-export] {flavor} engines skipped: not asked for (engines=False)" in proc.stderr
+    assert "TensorRT engines: none (skipped tensorrt-rtx: not asked for" in proc.stderr
+    assert not (tmp_path / "a" / "engines").exists()
     proc = subprocess.run([sys.executable, "-m", "depthscale_export.cli", str(demo_checkpoint()), "-o",
                            str(tmp_path / "b"), "--trt-profile", "8x1:1x512:1x4096"],
                           capture_output=True, text=True, timeout=120)
@@ -77,9 +83,10 @@ def test_profile_parsing():
 
 
 def test_runtime_tensorrt_backend_refuses_clearly(artifact, tmp_path):
-    with pytest.raises(BackendUnavailableError, match="has no TensorRT engines"):
-        depthscale_runtime.load(artifact, backend="tensorrt")
     assert depthscale_runtime.load(artifact).backend == "onnxruntime"           # auto falls back
+    # an artifact without plans: the error says why its export built none
+    with pytest.raises(BackendUnavailableError, match="has no TensorRT engines .*tensorrt: not asked for"):
+        depthscale_runtime.load(artifact, backend="tensorrt")
     # an artifact that carries a plan for another machine: the error names what it expected and found
     other = tmp_path / "other"
     shutil.copytree(artifact, other)
@@ -87,14 +94,14 @@ def test_runtime_tensorrt_backend_refuses_clearly(artifact, tmp_path):
     plan_dir.mkdir(parents=True)
     (plan_dir / "model.plan").write_bytes(b"not a plan")
     manifest = json.loads((other / "manifest.json").read_text())
-    manifest["tensorrt"] = {"built": True, "engines": [{"dir": "engines/sm90-trt10.9.0", "plan": "model.plan"}]}
+    manifest["tensorrt"] = {"built": True, "engines": [{"dir": "engines/sm90-trt10.9.0", "plan": "model.plan",
+                                                        "flavor": "tensorrt", "graph": "model.onnx"}], "skipped": {}}
     manifest["files"]["engines/sm90-trt10.9.0/model.plan"] = {
         "sha256": hashlib.sha256(b"not a plan").hexdigest(), "bytes": 10}
     (other / "manifest.json").write_text(json.dumps(manifest))
     if HAS_TENSORRT:
         pytest.skip("tensorrt is installed: this case covers a machine without it")
-    with pytest.raises(BackendUnavailableError, match="tensorrt is not installed here; this artifact's engines are "
-                                                      "engines/sm90-trt10.9.0"):
+    with pytest.raises(BackendUnavailableError, match="this artifact's engines are engines/sm90-trt10.9.0"):
         depthscale_runtime.load(other, backend="tensorrt")
 
 
@@ -107,7 +114,8 @@ def test_plugins_register():
     assert {"depthscale::BitLinear", "depthscale::GatedBitLinear", "depthscale::WindowAttention"} <= set(trtp.QDP_REGISTRY)
 
 
-@pytest.mark.skipif(tensorrt_unavailable() is not None, reason=f"no engine can be built here: {tensorrt_unavailable()}")
+@pytest.mark.skipif(tensorrt_unavailable() is not None,
+                    reason=f"full TensorRT not verified here (no GPU): {tensorrt_unavailable()}")
 def test_engine_is_built_and_gated(artifact, tmp_path):
     report = export(demo_checkpoint(), tmp_path / "engine", shapes=[(1, 7), (2, 33)], iters=[0, 4], quiet=True)
     assert report["tensorrt"]["built"] and report["tensorrt"]["parity"]["passed"]

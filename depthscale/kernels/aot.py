@@ -3,11 +3,14 @@ TensorRT AOT plugin embeds in a plan (depthscale_export.engines.plugins). Runs w
 compiles for the named target (sm_90 by default) with the compiler it ships.
 
 Each function returns an AotKernel: the kernel's name, its PTX, and the launch facts the plugin needs.
+The kernels take their arguments as the plugins pass them: inputs, int32 scalars, outputs, then the
+scratch pointers Triton appends (passed as null: these kernels use no scratch memory).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import triton
@@ -27,12 +30,19 @@ class AotKernel:
     num_warps: int
     shared_mem: int                          # bytes of dynamic shared memory
     blocks: dict                             # the constexpr tile sizes the grid is computed from
+    scratch_pointers: int                    # trailing pointer parameters Triton adds (pass null)
 
 
-def _compile(fn, signature: dict, constexprs: dict, arch: int) -> triton.compiler.CompiledKernel:
+def _compile(fn, signature: dict, constexprs: dict, blocks: dict, arch: int) -> AotKernel:
     """No FMA contraction: every float op rounds as the eager op's does (see bitlinear_fused_kernel)."""
-    return triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
-                          options={"enable_fp_fusion": False})
+    k = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
+                       options={"enable_fp_fusion": False})
+    if k.metadata.global_scratch_size or k.metadata.profile_scratch_size:
+        raise ValueError(f"{k.metadata.name} needs Triton scratch memory, which the plugins do not provide")
+    params = len(re.findall(r"\.param\s", k.asm["ptx"].split(".entry", 1)[1].split(")", 1)[0]))
+    arguments = sum(t != "constexpr" for t in signature.values())
+    return AotKernel(k.metadata.name, k.asm["ptx"], k.metadata.num_warps, k.metadata.shared, dict(blocks),
+                     params - arguments)
 
 
 def _check_dtype(dtype: str) -> None:
@@ -41,12 +51,13 @@ def _check_dtype(dtype: str) -> None:
 
 
 def bitlinear(dtype: str, gated: bool, arch: int = 90) -> AotKernel:
-    """bitlinear_fused_kernel for activations of `dtype` (one of DTYPES); grid (cdiv(M, BM), cdiv(N, BN))."""
+    """bitlinear_fused_kernel for activations of `dtype` (one of DTYPES); grid (cdiv(M, BM), cdiv(N, BN)).
+    The packed weight comes as TensorRT's ONNX parser delivers the uint8 initializer: int32 [N, K4], one
+    packed byte (0..255) per element."""
     _check_dtype(dtype)
-    signature = {"x_ptr": f"*{dtype}", "w_ptr": "*u8", "g_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
+    signature = {"x_ptr": f"*{dtype}", "w_ptr": "*i32", "g_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
                  "K4": "i32", "y_ptr": f"*{dtype}", **{k: "constexpr" for k in (*FUSED_BLOCKS, "GATED")}}
-    k = _compile(bitlinear_fused_kernel, signature, {**FUSED_BLOCKS, "GATED": gated}, arch)
-    return AotKernel(k.metadata.name, k.asm["ptx"], k.metadata.num_warps, k.metadata.shared, dict(FUSED_BLOCKS))
+    return _compile(bitlinear_fused_kernel, signature, {**FUSED_BLOCKS, "GATED": gated}, FUSED_BLOCKS, arch)
 
 
 def window_attention(dtype: str, head_dim: int, arch: int = 90) -> AotKernel:
@@ -57,5 +68,4 @@ def window_attention(dtype: str, head_dim: int, arch: int = 90) -> AotKernel:
                  "N": "i32", "window": "i32", "o_ptr": f"*{dtype}",
                  **{k: "constexpr" for k in ("D", "SCALE", *BLOCKS, "F64")}}
     constexprs = {"D": head_dim, "SCALE": 1.0 / math.sqrt(head_dim), **BLOCKS, "F64": True}
-    k = _compile(window_attention_kernel, signature, constexprs, arch)
-    return AotKernel(k.metadata.name, k.asm["ptx"], k.metadata.num_warps, k.metadata.shared, dict(BLOCKS))
+    return _compile(window_attention_kernel, signature, constexprs, BLOCKS, arch)

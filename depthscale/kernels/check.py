@@ -29,19 +29,22 @@ def check(device: str, seed: int = 0) -> list[dict]:
         got = bitlinear_triton(x.to(device), packed.to(device), gamma.to(device), in_f).cpu()
         results.append(_exact("bitlinear", f"x{list(x.shape)} W[{out_f},{in_f}]", got, expected,
                               path="decode" if x.numel() == in_f else "prefill"))
-    # the fused kernel (TensorRT AOT plugins): bfloat16 is left out on CPU, because Triton's interpreter
+    # the fused kernel (TensorRT AOT plugins, which get the packed weight as int32, one byte per element,
+    # as TensorRT's ONNX parser delivers it): bfloat16 is left out on CPU, because Triton's interpreter
     # truncates float32 -> bfloat16 where a GPU rounds to nearest even
-    for lead, in_f, out_f, gated, dtype in (((1,), 64, 96, False, torch.float32), ((3, 17), 70, 40, False, torch.float32),
-                                            ((2, 5), 37, 11, True, torch.float32), ((1, 1), 64, 130, True, torch.float16),
-                                            ((2, 9), 48, 20, False, torch.float16)):
+    for i, (lead, in_f, out_f, gated, dtype) in enumerate((
+            ((1,), 64, 96, False, torch.float32), ((3, 17), 70, 40, False, torch.float32),
+            ((2, 5), 37, 11, True, torch.float32), ((1, 1), 64, 130, True, torch.float16),
+            ((2, 9), 48, 20, False, torch.float16))):
         x = (torch.randn(*lead, 2 * in_f if gated else in_f, generator=g) * 3).to(dtype)
         x[..., 0, :] = 0                                   # an all-zero token exercises the clamp
         w_t, gamma = ternarize(torch.randn(out_f, in_f, generator=g))
         packed = pack_ternary(w_t)
         expected = (gated_bitlinear_op if gated else bitlinear_op)(x, packed, gamma, in_f)
-        got = bitlinear_fused(x.to(device), packed.to(device), gamma.to(device), in_f, gated).cpu()
+        w = packed.to(torch.int32) if i % 2 else packed
+        got = bitlinear_fused(x.to(device), w.to(device), gamma.to(device), in_f, gated).cpu()
         results.append(_exact("bitlinear_fused", f"{'gated ' if gated else ''}{str(dtype)[6:]} x{list(x.shape)} "
-                              f"W[{out_f},{in_f}]", got, expected, path="fused"))
+                              f"W[{out_f},{in_f}] {str(w.dtype)[6:]}", got, expected, path="fused"))
     for B, H, Hkv, n, D, window in ((1, 2, 1, 1, 16, 4), (2, 4, 2, 37, 16, 5), (1, 4, 4, 70, 32, 16), (1, 2, 1, 50, 16, 64),
                                     (1, 2, 1, 300, 16, 4096)):
         q, k, v = (torch.randn(B, h, n, D, generator=g) for h in (H, Hkv, Hkv))

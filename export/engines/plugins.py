@@ -1,14 +1,14 @@
-"""TensorRT plugins for the custom ops (DESIGN §5), as quickly deployable plugins (tensorrt.plugin,
-TensorRT >= 10.9): "depthscale::BitLinear", "depthscale::GatedBitLinear" and "depthscale::WindowAttention",
-the ONNX nodes' op_type under their plugin_namespace. Each has a shape/type description, an autotune
-list of the activation dtypes it serves (fp32, fp16, bf16), and an AOT implementation: PTX compiled from
-the Triton kernels (depthscale.kernels.aot) that TensorRT embeds in the plan, so a built engine runs
-without Python plugin code.
+"""Full TensorRT's plugins for the custom ops: quickly deployable plugins (tensorrt.plugin, TensorRT
+>= 10.9) generated from depthscale_runtime.plugin_table, one "depthscale::<op>" per PluginOp, each with
+its shape/type description, an autotune list over the activation dtypes, and an AOT implementation:
+PTX compiled from the Triton kernels (depthscale.kernels.aot) that TensorRT embeds in the plan, so a
+built engine runs without Python plugin code. (TensorRT-RTX's adapter over the same table is
+depthscale_runtime.rtx_plugins.)
 
 NOT VERIFIED HERE: TensorRT's builder cannot be installed in this workplace and this task has no GPU;
 this module is written against the documented tensorrt.plugin API (register, autotune, aot_impl,
-KernelLaunchParams, SymIntExprs). What is verified, on CPU: the kernels match the eager ops under
-Triton's interpreter (BitLinear bit for bit) and compile to PTX for sm_90 (tests/test_tensorrt.py).
+KernelLaunchParams, SymIntExprs). How tensorrt.plugin passes the two scratch pointers Triton >= 3.3
+appends to a kernel's parameters is not known here either.
 
 Importing this module registers the plugins; it needs tensorrt (>= 10.9), triton and a CUDA device
 (the PTX is compiled for the local GPU's architecture).
@@ -16,15 +16,18 @@ Importing this module registers the plugins; it needs tensorrt (>= 10.9), triton
 
 from __future__ import annotations
 
+import inspect
+
 import tensorrt as trt
 import tensorrt.plugin as trtp
 import torch
 
 from depthscale.kernels import aot
+from depthscale_runtime.plugin_table import ACTIVATION, ACTIVATION_DTYPES, NAMESPACE, PLUGINS, TRITON_DTYPES, PluginOp
 
-_DTYPES = {trt.float32: "fp32", trt.float16: "fp16", trt.bfloat16: "bf16"}
-_LINEAR_COMBINATIONS = ["FP32, UINT8, FP32, FP32", "FP16, UINT8, FP32, FP16", "BF16, UINT8, FP32, BF16"]
-_ATTENTION_COMBINATIONS = ["FP32, FP32, FP32, FP32", "FP16, FP16, FP16, FP16", "BF16, BF16, BF16, BF16"]
+_COMBINATION_NAMES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "int32": "INT32", "int64": "INT64"}
+_ACTIVATIONS = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16"}
+_P = inspect.Parameter
 
 
 def _arch() -> int:
@@ -32,84 +35,54 @@ def _arch() -> int:
     return 10 * major + minor
 
 
-def _linear_desc(x: trtp.TensorDesc, w: trtp.TensorDesc) -> trtp.TensorDesc:
-    """X [..., in] (gated: [..., 2·in]) -> Y [..., out] in X's dtype; out = W's rows."""
-    y = x.like()
-    y.shape_expr[-1] = w.shape_expr[0]
-    return y
+def _signed(fn, params: list[inspect.Parameter], returns):
+    """fn(*args) with the named, annotated signature tensorrt.plugin reads (inputs, attributes, ...)."""
+    fn.__signature__ = inspect.Signature(params, return_annotation=returns)
+    fn.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not _P.empty} | {"return": returns}
+    return fn
 
 
-def _linear_launch(x: trtp.TensorDesc, w: trtp.TensorDesc, in_features: int, gated: bool):
-    """PTX of the fused BitLinear kernel and its launch: grid (cdiv(M, BM), cdiv(N, BN)), M the rows."""
-    kernel = aot.bitlinear(_DTYPES[x.dtype], gated, _arch())
-    rows = x.shape_expr[0]
-    for dim in list(x.shape_expr)[1:-1]:
-        rows = rows * dim
-    n, k4 = w.shape_expr[0], w.shape_expr[1]
-    launch = trtp.KernelLaunchParams()
-    launch.grid_x = trtp.cdiv(rows, kernel.blocks["BM"])
-    launch.grid_y = trtp.cdiv(n, kernel.blocks["BN"])
-    launch.block_x = kernel.num_warps * 32
-    launch.shared_mem = kernel.shared_mem
-    scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (rows, n, in_features, k4)])
-    return kernel.name.encode(), kernel.ptx.encode(), launch, scalars
+def _define(op: PluginOp) -> None:
+    key = f"{NAMESPACE}::{op.name}"
+    params = ([_P(i.name, _P.POSITIONAL_OR_KEYWORD, annotation=trtp.TensorDesc) for i in op.inputs]
+              + [_P(a, _P.POSITIONAL_OR_KEYWORD, annotation=int) for a in op.attrs])
+    first = next(i.name for i in op.inputs if i.dtype == ACTIVATION)
+
+    def bind(args, kwargs, extra=()):
+        return inspect.Signature(params + [_P(e, _P.POSITIONAL_OR_KEYWORD) for e in extra]).bind(*args, **kwargs).arguments
+
+    def describe(*args, **kwargs):
+        b = bind(args, kwargs)
+        out = b[op.output_like].like()
+        for axis, (name, source_axis) in op.output_dims.items():
+            out.shape_expr[axis] = b[name].shape_expr[source_axis]
+        return out
+
+    def autotune(*args, **kwargs):
+        return [trtp.AutoTuneCombination(", ".join(_COMBINATION_NAMES[d] for d in [*op.input_dtypes(a), a]))
+                for a in ACTIVATION_DTYPES]
+
+    def aot_impl(*args, **kwargs):
+        b = bind(args, kwargs, extra=("outputs", "tactic"))
+        activation = _ACTIVATIONS[b[first].dtype]
+        dims = {i.name: list(b[i.name].shape_expr) for i in op.inputs}
+        static = {n: [d.constant_value if d.is_constant else -1 for d in ds] for n, ds in dims.items()}
+        attrs = {a: b[a] for a in op.attrs}
+        kernel = getattr(aot, op.kernel)(TRITON_DTYPES[activation], **op.kernel_args(static, attrs), arch=_arch())
+        grid, scalars = op.launch(dims, attrs, kernel.blocks, trtp.cdiv)
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x, launch.grid_y = (*grid, 1)[:2]
+        launch.block_x = kernel.num_warps * 32
+        launch.shared_mem = kernel.shared_mem
+        symbols = trtp.SymIntExprs.from_tuple([trtp.SymInt32(s) for s in scalars])
+        return kernel.name.encode(), kernel.ptx.encode(), launch, symbols
+
+    trtp.register(key)(_signed(describe, params, trtp.TensorDesc))
+    trtp.autotune(key)(_signed(autotune, params + [_P("outputs", _P.POSITIONAL_OR_KEYWORD)],
+                               list[trtp.AutoTuneCombination]))
+    trtp.aot_impl(key)(_signed(aot_impl, params + [_P("outputs", _P.POSITIONAL_OR_KEYWORD),
+                                                   _P("tactic", _P.POSITIONAL_OR_KEYWORD, annotation=int)], tuple))
 
 
-@trtp.register("depthscale::BitLinear")
-def bitlinear_desc(X: trtp.TensorDesc, W: trtp.TensorDesc, G: trtp.TensorDesc, in_features: int) -> trtp.TensorDesc:
-    return _linear_desc(X, W)
-
-
-@trtp.autotune("depthscale::BitLinear")
-def bitlinear_autotune(X, W, G, in_features: int, outputs) -> list[trtp.AutoTuneCombination]:
-    return [trtp.AutoTuneCombination(c) for c in _LINEAR_COMBINATIONS]
-
-
-@trtp.aot_impl("depthscale::BitLinear")
-def bitlinear_aot(X: trtp.TensorDesc, W: trtp.TensorDesc, G: trtp.TensorDesc, in_features: int, outputs, tactic: int):
-    return _linear_launch(X, W, in_features, gated=False)
-
-
-@trtp.register("depthscale::GatedBitLinear")
-def gated_bitlinear_desc(X: trtp.TensorDesc, W: trtp.TensorDesc, G: trtp.TensorDesc,
-                         in_features: int) -> trtp.TensorDesc:
-    return _linear_desc(X, W)
-
-
-@trtp.autotune("depthscale::GatedBitLinear")
-def gated_bitlinear_autotune(X, W, G, in_features: int, outputs) -> list[trtp.AutoTuneCombination]:
-    return [trtp.AutoTuneCombination(c) for c in _LINEAR_COMBINATIONS]
-
-
-@trtp.aot_impl("depthscale::GatedBitLinear")
-def gated_bitlinear_aot(X: trtp.TensorDesc, W: trtp.TensorDesc, G: trtp.TensorDesc, in_features: int, outputs,
-                        tactic: int):
-    return _linear_launch(X, W, in_features, gated=True)
-
-
-@trtp.register("depthscale::WindowAttention")
-def window_attention_desc(Q: trtp.TensorDesc, K: trtp.TensorDesc, V: trtp.TensorDesc, window: int) -> trtp.TensorDesc:
-    return Q.like()
-
-
-@trtp.autotune("depthscale::WindowAttention")
-def window_attention_autotune(Q, K, V, window: int, outputs) -> list[trtp.AutoTuneCombination]:
-    return [trtp.AutoTuneCombination(c) for c in _ATTENTION_COMBINATIONS]
-
-
-@trtp.aot_impl("depthscale::WindowAttention")
-def window_attention_aot(Q: trtp.TensorDesc, K: trtp.TensorDesc, V: trtp.TensorDesc, window: int, outputs,
-                         tactic: int):
-    """Q [B, H, n, D], K/V [B, Hkv, n, D]; the head dim is static in every DepthScale export."""
-    head_dim = Q.shape_expr[3]
-    if not head_dim.is_constant:
-        raise ValueError("WindowAttention's plugin needs a static head dim (the last axis of Q)")
-    kernel = aot.window_attention(_DTYPES[Q.dtype], head_dim.constant_value, _arch())
-    b, h, n = Q.shape_expr[0], Q.shape_expr[1], Q.shape_expr[2]
-    launch = trtp.KernelLaunchParams()
-    launch.grid_x = b * h
-    launch.grid_y = trtp.cdiv(n, kernel.blocks["BM"])
-    launch.block_x = kernel.num_warps * 32
-    launch.shared_mem = kernel.shared_mem
-    scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (h, K.shape_expr[1], n, window)])
-    return kernel.name.encode(), kernel.ptx.encode(), launch, scalars
+for _op in PLUGINS.values():
+    _define(_op)

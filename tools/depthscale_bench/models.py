@@ -82,7 +82,7 @@ class Workspace:
         """A gated artifact (depthscale_export.export) of a checkpoint path or model, T cap `cap`."""
         self.log(f"export {name} (T cap {cap}, parity gate on)")
         start = time.perf_counter()
-        report = export(source, self.root / name, max_iters_cap=cap, quiet=True, force=True,
+        report = export(source, self.root / name, max_iters_cap=cap, quiet=True, force=True, engines=False,
                         iters=sorted({0, 1, min(cap, GATE_MAX_ITERS)}), **GATE)
         seconds = time.perf_counter() - start
         if report["status"] != "passed":
