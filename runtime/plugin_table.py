@@ -73,6 +73,18 @@ def _attention_launch(dims, attrs, blocks, cdiv):
     return (b * h, cdiv(n, blocks["BM"])), (h, dims["K"][1], n, attrs["window"])
 
 
+def _cached_attention_launch(dims, attrs, blocks, cdiv):
+    """cached_attention_kernel: grid (B·H, cdiv(c, BM)); scalars H, Hkv, c, S, window."""
+    b, h, c = dims["Q"][:3]
+    return (b * h, cdiv(c, blocks["BM"])), (h, dims["K"][1], c, dims["K"][2], attrs["window"])
+
+
+def _exact_linear_launch(dims, attrs, blocks, cdiv):
+    """exact_linear_kernel: grid (cdiv(M, BM), cdiv(N, BN)); scalars M, N, K."""
+    rows, n = _rows(dims["X"]), dims["W"][0]
+    return (cdiv(rows, blocks["BM"]), cdiv(n, blocks["BN"])), (rows, n, dims["X"][-1])
+
+
 def _linear(name: str, gated: bool) -> PluginOp:
     return PluginOp(
         name=name,
@@ -89,6 +101,15 @@ PLUGINS: dict[str, PluginOp] = {op.name: op for op in (
              attrs=("window",), output_like="Q", output_dims={},
              kernel="window_attention", kernel_args=lambda dims, attrs: {"head_dim": dims["Q"][3]},
              launch=_attention_launch),
+    PluginOp(name="CachedAttention",
+             inputs=(Input("Q", ACTIVATION), Input("K", ACTIVATION), Input("V", ACTIVATION), Input("QStart", "int64"),
+                     Input("KStart", "int64")),
+             attrs=("window",), output_like="Q", output_dims={},
+             kernel="cached_attention", kernel_args=lambda dims, attrs: {"head_dim": dims["Q"][3]},
+             launch=_cached_attention_launch),
+    PluginOp(name="ExactLinear", inputs=(Input("X", ACTIVATION), Input("W", ACTIVATION)),
+             attrs=(), output_like="X", output_dims={-1: ("W", 0)},
+             kernel="exact_linear", kernel_args=lambda dims, attrs: {}, launch=_exact_linear_launch),
 )}
 
 

@@ -18,7 +18,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .bitlinear_triton import FUSED_BLOCKS, bitlinear_fused_kernel
-from .window_attention_triton import BLOCKS, window_attention_kernel
+from .exact_linear_triton import BLOCKS as LINEAR_BLOCKS
+from .exact_linear_triton import exact_linear_kernel
+from .window_attention_triton import BLOCKS, cached_attention_kernel, window_attention_kernel
 
 DTYPES = ("fp32", "fp16", "bf16")            # Triton's names of the activation dtypes
 
@@ -69,3 +71,22 @@ def window_attention(dtype: str, head_dim: int, arch: int = 90) -> AotKernel:
                  **{k: "constexpr" for k in ("D", "SCALE", *BLOCKS, "F64")}}
     constexprs = {"D": head_dim, "SCALE": 1.0 / math.sqrt(head_dim), **BLOCKS, "F64": True}
     return _compile(window_attention_kernel, signature, constexprs, BLOCKS, arch)
+
+
+def cached_attention(dtype: str, head_dim: int, arch: int = 90) -> AotKernel:
+    """cached_attention_kernel (float64 inside) for `dtype` q/k/v/o, int64 positions and a static head_dim;
+    grid (batch · heads, cdiv(new queries, BM))."""
+    _check_dtype(dtype)
+    signature = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "qs_ptr": "*i64", "ks_ptr": "*i64",
+                 "H": "i32", "HKV": "i32", "NQ": "i32", "NK": "i32", "window": "i32", "o_ptr": f"*{dtype}",
+                 **{k: "constexpr" for k in ("D", "SCALE", *BLOCKS)}}
+    constexprs = {"D": head_dim, "SCALE": 1.0 / math.sqrt(head_dim), **BLOCKS}
+    return _compile(cached_attention_kernel, signature, constexprs, BLOCKS, arch)
+
+
+def exact_linear(dtype: str, arch: int = 90) -> AotKernel:
+    """exact_linear_kernel (float64 accumulation) for `dtype` x, w and y; grid (cdiv(M, BM), cdiv(N, BN))."""
+    _check_dtype(dtype)
+    signature = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "M": "i32", "N": "i32", "K": "i32", "y_ptr": f"*{dtype}",
+                 **{k: "constexpr" for k in LINEAR_BLOCKS}}
+    return _compile(exact_linear_kernel, signature, dict(LINEAR_BLOCKS), LINEAR_BLOCKS, arch)

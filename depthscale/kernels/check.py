@@ -13,9 +13,11 @@ import sys
 import torch
 
 from ..bitlinear import bitlinear_op, gated_bitlinear_op, pack_ternary, ternarize
-from ..window_attention import window_attention_op
+from ..exact_math import exact_linear_op
+from ..window_attention import cached_attention, window_attention_op
 from .bitlinear_triton import bitlinear_fused, bitlinear_triton
-from .window_attention_triton import window_attention_triton
+from .exact_linear_triton import exact_linear_triton
+from .window_attention_triton import cached_attention_triton, window_attention_triton
 
 
 def check(device: str, seed: int = 0) -> list[dict]:
@@ -55,6 +57,24 @@ def check(device: str, seed: int = 0) -> list[dict]:
             err = float((got - expected).abs().max())
             results.append({"kernel": "window_attention", "shape": shape, "f64": f64, "max_abs_err": err,
                             "tolerance": tolerance, "passed": err <= tolerance})
+    # decode-step attention: a window cache (keys from q_start - P, some before position 0) and the global KV
+    for B, H, Hkv, c, S, D, window, global_kv in ((3, 4, 2, 1, 4, 16, 4, False), (2, 4, 1, 3, 10, 16, 8, False),
+                                                  (2, 4, 2, 2, 33, 16, 4096, True), (1, 4, 4, 1, 64, 32, 4096, True)):
+        q = torch.randn(B, H, c, D, generator=g)
+        k, v = (torch.randn(B, Hkv, S, D, generator=g) for _ in range(2))
+        q_start = torch.randint(0, 2 * S, (B,), generator=g)
+        k_start = torch.zeros(B, dtype=torch.int64) if global_kv else q_start - (S - c)
+        expected = cached_attention(q, k, v, q_start, k_start, window)
+        got = cached_attention_triton(*(t.to(device) for t in (q, k, v, q_start, k_start)), window).cpu()
+        results.append(_exact("cached_attention", f"q[{B},{H},{c},{D}] keys {S} window {window}", got, expected,
+                              path="decode"))
+    for lead, in_f, out_f, dtype in (((2, 5), 37, 11, torch.float32), ((1, 1), 64, 3, torch.float32),
+                                     ((3, 40), 512, 256, torch.float32), ((2, 9), 48, 20, torch.float16)):
+        x = (torch.randn(*lead, in_f, generator=g) * 3).to(dtype)
+        w = torch.randn(out_f, in_f, generator=g).to(dtype)
+        got = exact_linear_triton(x.to(device), w.to(device)).cpu()
+        results.append(_exact("exact_linear", f"{str(dtype)[6:]} x{list(x.shape)} W[{out_f},{in_f}]", got,
+                              exact_linear_op(x, w), path="head"))
     return results
 
 

@@ -21,10 +21,25 @@ from .readiness import graph_nodes, onnx_dtypes
 
 @dataclass(frozen=True)
 class Profile:
-    """(batch, seq) at the minimum, optimum and maximum of the engine's optimisation profile."""
+    """(batch, seq) at the minimum, optimum and maximum of the engine's optimisation profile. A graph's
+    dynamic dims follow from them by name: batch; seq (real tokens); new (tokens per decode step: 1 at
+    the minimum and optimum, seq at the maximum); capacity (the global KV's positions: seq · (1 + R))."""
     min: tuple[int, int]
     opt: tuple[int, int]
     max: tuple[int, int]
+
+    def bounds(self, dim: str, positions_per_token: int = 1) -> tuple[int, int, int]:
+        """(min, opt, max) of a named dynamic dim."""
+        points = (self.min, self.opt, self.max)
+        if dim == "batch":
+            return tuple(p[0] for p in points)
+        if dim == "seq":
+            return tuple(p[1] for p in points)
+        if dim == "new":
+            return 1, 1, self.max[1]
+        if dim == "capacity":
+            return tuple(p[1] * positions_per_token for p in points)
+        raise ValueError(f"no profile for a dynamic dim named {dim!r}")
 
     def as_dict(self) -> dict:
         """{"min": [batch, seq], "opt": ..., "max": ...}, as the manifest stores it."""
@@ -84,19 +99,28 @@ def parse(trt, onnx_path: Path, logger):
     return builder, network, parser
 
 
-def add_profile(builder, config, profile: Profile) -> None:
+def add_profile(builder, config, network, profile: Profile, positions_per_token: int = 1) -> None:
+    """One optimisation profile over every input's dynamic dims, by their names (Profile.bounds)."""
     trt_profile = builder.create_optimization_profile()
-    trt_profile.set_shape("input_ids", profile.min, profile.opt, profile.max)
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = list(tensor.shape)
+        points = [list(shape), list(shape), list(shape)]
+        for axis, size in enumerate(shape):
+            if size == -1:
+                for point, value in zip(points, profile.bounds(tensor.get_dimension_name(axis), positions_per_token)):
+                    point[axis] = value
+        trt_profile.set_shape(tensor.name, *points)
     config.add_optimization_profile(trt_profile)
 
 
-def target_config(trt, builder, targets: list[str], profile: Profile):
+def target_config(trt, builder, network, targets: list[str], profile: Profile, positions_per_token: int = 1):
     """A TensorRT-RTX builder config for an ahead-of-time (CPU) build for `targets` ("sm86", ...)."""
     config = builder.create_builder_config()
     config.num_compute_capabilities = len(targets)
     for i, target in enumerate(targets):
         config.set_compute_capability(getattr(trt.ComputeCapability, target.upper()), i)
-    add_profile(builder, config, profile)
+    add_profile(builder, config, network, profile, positions_per_token)
     return config
 
 
@@ -133,7 +157,7 @@ def parser_verdict(trt, onnx_path: Path, profile: Profile, targets: list[str] | 
     model = onnx.load(str(onnx_path), load_external_data=False)
     verdict = {"parsed": True, **facts, "plugin_input_conversions": plugin_input_conversions(model, facts)}
     if targets:
-        config = target_config(trt, builder, targets, profile)
+        config = target_config(trt, builder, network, targets, profile)
         verdict["built"] = builder.build_serialized_network(network, config) is not None
     return verdict | {"errors": logger.errors}
 

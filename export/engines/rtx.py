@@ -69,8 +69,9 @@ def engine_dir_name(version: str) -> str:
 
 
 def build_rtx_engines(artifact: Path, graphs: list[str], profile: Profile, targets: list[str],
-                      log=print) -> list[dict]:
-    """Build and write one plan per graph for all `targets`; returns their manifest entries."""
+                      positions_per_token: int = 1, log=print) -> list[dict]:
+    """Build and write one plan per graph for all `targets`; returns their manifest entries.
+    positions_per_token: 1 + the model's reasoning tokens (a decode graph's capacity is in positions)."""
     trt = import_tensorrt_rtx()
     from depthscale_runtime import rtx_plugins
 
@@ -78,19 +79,19 @@ def build_rtx_engines(artifact: Path, graphs: list[str], profile: Profile, targe
     out_dir = artifact / "engines" / engine_dir_name(trt.__version__)
     entries = []
     for graph in graphs:
-        entry = _build(trt, artifact / graph, out_dir, targets, profile)
+        entry = _build(trt, artifact / graph, out_dir, targets, profile, positions_per_token)
         entries.append({"dir": str(out_dir.relative_to(artifact)), **entry})
         log(f"TensorRT-RTX {graph} for {','.join(targets)}: {entry['bytes'] / 1e6:.1f} MB in {entry['build_s']:.1f} s, "
             f"{entry['inventory']['plugin_layers']} plugin layers, {entry['inventory']['loops']} loop(s)")
     return entries
 
 
-def _build(trt, onnx_path: Path, out_dir: Path, targets: list[str], profile: Profile) -> dict:
+def _build(trt, onnx_path: Path, out_dir: Path, targets: list[str], profile: Profile, positions_per_token: int) -> dict:
     logger = make_logger(trt)
     start = time.perf_counter()
     builder, network, _ = parse(trt, onnx_path, logger)
     facts = network_facts(trt, network)
-    config = target_config(trt, builder, targets, profile)
+    config = target_config(trt, builder, network, targets, profile, positions_per_token)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED     # layer report names each ONNX node
     plan = builder.build_serialized_network(network, config)
     if plan is None:

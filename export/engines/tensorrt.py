@@ -46,7 +46,8 @@ def build_engines(artifact: Path, graphs: list[str], profile: Profile, rtx_targe
     if why:
         section["skipped"]["tensorrt-rtx"] = why
     else:
-        section["engines"] += build_rtx_engines(artifact, graphs, profile, rtx_targets, log)
+        section["engines"] += build_rtx_engines(artifact, graphs, profile, rtx_targets,
+                                                1 + model.config.reason_tokens, log)
     why = tensorrt_unavailable()
     if why:
         section["skipped"]["tensorrt"] = why
@@ -83,7 +84,7 @@ def _build_tensorrt(artifact: Path, graphs: list[str], profile: Profile, model, 
         logger = make_logger(trt)
         builder, network, _ = parse(trt, artifact / graph, logger)
         config = builder.create_builder_config()
-        add_profile(builder, config, profile)
+        add_profile(builder, config, network, profile, 1 + model.config.reason_tokens)
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
         plan = builder.build_serialized_network(network, config)
