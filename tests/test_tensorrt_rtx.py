@@ -45,23 +45,25 @@ def reference(tmp_path_factory):
     return out, export(DepthScaleModel(DepthScaleConfig(**REFERENCE)).eval(), out, **GATE)
 
 
-def rtx_engine(artifact, report) -> dict:
-    """The one TensorRT-RTX plan of the artifact, checked against its manifest and file."""
+def rtx_engines(artifact, report) -> dict[str, dict]:
+    """The TensorRT-RTX plans of the artifact, one per graph, checked against the manifest and their files."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["tensorrt"] == report["tensorrt"] and manifest["tensorrt"]["built"]
-    (entry,) = [e for e in manifest["tensorrt"]["engines"] if e["flavor"] == "tensorrt-rtx"]
-    plan = artifact / entry["dir"] / entry["plan"]
-    data = plan.read_bytes()
-    assert entry["graph"] == "model.onnx" and len(data) == entry["bytes"] > 1_000_000
-    assert manifest["files"][f"{entry['dir']}/{entry['plan']}"]["sha256"] == hashlib.sha256(data).hexdigest()
-    assert entry["tensorrt_rtx"] in entry["dir"] and entry["build_s"] > 0
+    entries = {e["graph"]: e for e in manifest["tensorrt"]["engines"] if e["flavor"] == "tensorrt-rtx"}
+    assert set(entries) == {g["file"] for g in manifest["graphs"].values()}
+    for entry in entries.values():
+        data = (artifact / entry["dir"] / entry["plan"]).read_bytes()
+        assert len(data) == entry["bytes"] > 1_000_000
+        assert manifest["files"][f"{entry['dir']}/{entry['plan']}"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["tensorrt_rtx"] in entry["dir"] and entry["build_s"] > 0
+        entry["data"] = data
     assert manifest["tensorrt"]["skipped"].get("tensorrt") == tensorrt_unavailable()
-    return entry | {"data": data}
+    return entries
 
 
 def assert_inventory(artifact, entry):
-    """Every custom node is a plugin layer of the built engine, and the recursion one loop."""
-    model = onnx.load(str(artifact / "model.onnx"))
+    """Every custom node of the entry's graph is a plugin layer of the built engine, and the recursion one loop."""
+    model = onnx.load(str(artifact / entry["graph"]))
     loop = next(n for n in model.graph.node if n.op_type == "Loop")
     custom = [n for g in (model.graph, loop.attribute[0].g) for n in g.node if n.domain == "depthscale"]
     inv = entry["inventory"]
@@ -70,34 +72,39 @@ def assert_inventory(artifact, entry):
     assert inv["plugins"] == {op: sum(n.op_type == op for n in custom) for op in {n.op_type for n in custom}}
 
 
-def test_demo_engine(demo):
+@pytest.mark.parametrize("graph,attention", [("model.onnx", "WindowAttention"), ("prefill.onnx", "WindowAttention"),
+                                             ("decode.onnx", "CachedAttention")])
+def test_demo_engines(demo, graph, attention):
     artifact, report = demo
-    entry = rtx_engine(artifact, report)
+    entry = rtx_engines(artifact, report)[graph]
     assert entry["targets"] == list(DEFAULT_TARGETS) == list(TARGETS)
     assert_inventory(artifact, entry)
-    assert entry["inventory"]["plugins"] == {"BitLinear": 11, "GatedBitLinear": 3, "WindowAttention": 3}
+    assert entry["inventory"]["plugins"] == {"BitLinear": 11, "GatedBitLinear": 3, attention: 3, "ExactLinear": 1}
     assert entry["parser_conversions"] == ["BitLinear input 1: uint8 -> int32 (11 nodes)",
                                            "GatedBitLinear input 1: uint8 -> int32 (3 nodes)"]
     # the plugins' kernels are in the plan: PTX for the lowest target, float32 activations
     data = entry["data"]
-    assert b".entry bitlinear_fused_kernel" in data and b".entry window_attention_kernel" in data
+    kernel = b".entry cached_attention_kernel" if attention == "CachedAttention" else b".entry window_attention_kernel"
+    assert b".entry bitlinear_fused_kernel" in data and kernel in data and b".entry exact_linear_kernel" in data
     assert b".target sm_80" in data and b'"activation": "float32"' in data
 
 
 def test_half_precision_export_builds_an_fp16_engine(demo_fp16):
     artifact, report = demo_fp16
     assert report["precision"] == "fp16"
-    entry = rtx_engine(artifact, report)
-    assert entry["targets"] == ["sm86"] and b".target sm_86" in entry["data"]
-    assert_inventory(artifact, entry)
-    assert b'"activation": "float16"' in entry["data"] and b'"activation": "float32"' not in entry["data"]
+    for entry in rtx_engines(artifact, report).values():
+        assert entry["targets"] == ["sm86"] and b".target sm_86" in entry["data"]
+        assert_inventory(artifact, entry)
+        assert b'"activation": "float16"' in entry["data"] and b'"activation": "float32"' not in entry["data"]
 
 
 def test_reference_config_engine(reference):
     artifact, report = reference
-    entry = rtx_engine(artifact, report)
-    assert_inventory(artifact, entry)
-    assert entry["inventory"]["plugins"]["WindowAttention"] == 2 * 2 + 2      # prelude + core window, cross full
+    entries = rtx_engines(artifact, report)
+    for entry in entries.values():
+        assert_inventory(artifact, entry)
+    assert entries["model.onnx"]["inventory"]["plugins"]["WindowAttention"] == 2 * 2 + 2   # prelude, core; cross
+    assert entries["decode.onnx"]["inventory"]["plugins"]["CachedAttention"] == 2 * 2 + 2
 
 
 def test_bad_targets_are_refused(tmp_path):
