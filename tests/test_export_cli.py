@@ -103,7 +103,9 @@ def test_each_graph_has_one_loop_and_custom_nodes_with_functions(artifact, graph
         attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
         assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
     helpers = BODY_HELPERS if attention == "WindowAttention" else ("UnpackTernary", "QuantizedProduct", "GatedProduct")
-    assert [n.op_type for n in model.graph.node if n.domain == "depthscale"] == ["ExactLinear"]   # the head
+    outside = [n.op_type for n in model.graph.node if n.domain == "depthscale"]   # prelude, coda, then the head
+    assert outside[-1] == "ExactLinear" and outside.count("ExactLinear") == 1
+    assert set(outside[:-1]) == {"BitLinear", "GatedBitLinear", attention}
     assert {(f.domain, f.name) for f in model.functions} == {   # the ops, and the helpers their bodies call
         ("depthscale", name) for name in ("BitLinear", "GatedBitLinear", attention, "ExactLinear", *helpers)}
 

@@ -96,12 +96,15 @@ def uint16(m):
 
 
 def float64_head(m):
-    """The head in float64, rounded once: Cast to DOUBLE -> MatMul -> Cast to FLOAT."""
+    """The head (ExactLinear: X [.., d], W [V, d]) inlined as plain ONNX in float64, rounded once:
+    Cast to DOUBLE -> MatMul -> Cast to FLOAT."""
     head = next(n for n in m.graph.node if "logits" in n.output)
+    assert head.op_type == "ExactLinear"
     a, b = head.input
     m.graph.node.remove(head)
     m.graph.node.extend([helper.make_node("Cast", [a], ["a64"], to=TensorProto.DOUBLE, name="head_a64"),
-                         helper.make_node("Cast", [b], ["b64"], to=TensorProto.DOUBLE, name="head_b64"),
+                         helper.make_node("Transpose", [b], ["bt"], perm=[1, 0], name="head_wt"),
+                         helper.make_node("Cast", ["bt"], ["b64"], to=TensorProto.DOUBLE, name="head_b64"),
                          helper.make_node("MatMul", ["a64", "b64"], ["logits64"], name="head_matmul64"),
                          helper.make_node("Cast", ["logits64"], ["logits"], to=TensorProto.FLOAT, name="head_round")])
     m.graph.value_info.extend([helper.make_tensor_value_info(v, TensorProto.DOUBLE, None) for v in ("a64", "logits64")])
