@@ -18,7 +18,9 @@ CLI = [sys.executable, "-m", "depthscale_export.cli"]
 
 
 def run_cli(*args, env=None, timeout=600):
-    """The CLI as a subprocess; env adds variables (a PYTHONPATH given goes in front of the caller's)."""
+    """The CLI as a subprocess, with --no-engines (TensorRT-RTX builds are tests/test_tensorrt_rtx.py's);
+    env adds variables (a PYTHONPATH given goes in front of the caller's)."""
+    args = (*args, "--no-engines") if args and args[0] == DEMO else args
     env = dict(env or {})
     if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
@@ -45,6 +47,7 @@ def test_demo_exports_and_passes(artifact):
     assert "PASSED" in proc.stderr and "decoding 4/4 samples passed (416 tokens decoded one at a time" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "decode.onnx", "manifest.json", "model.onnx",
                                                       "prefill.onnx", "reports", "weights.bin"]
+    assert "tensorrt-rtx engines skipped: not asked for (engines=False)" in proc.stderr
 
 
 def test_manifest_records_everything_and_hashes_match(artifact):
@@ -225,7 +228,7 @@ def test_force_replaces_and_bad_usage_exits_2(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    proc = run_cli(DEMO, "-o", out, "--force", "--shapes", "1x3", "--iters", "2", "-q")
+    proc = run_cli(DEMO, "-o", out, "--force", "--shapes", "1x3", "--iters", "2", "--decode-shapes", "1x2+2", "-q")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (out / "old.txt").exists() and (out / "manifest.json").exists()
     assert proc.stderr == ""                                  # -q is quiet

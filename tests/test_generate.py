@@ -117,7 +117,8 @@ print("ok", result.tokens.tolist())
 
 def test_artifact_without_decode_graphs_refuses_clearly(tmp_path):
     from depthscale_export import export
-    report = export(demo_checkpoint(), tmp_path / "a", shapes=[(1, 3)], iters=[2], tols=[0.0], decode=False, quiet=True)
+    report = export(demo_checkpoint(), tmp_path / "a", shapes=[(1, 3)], iters=[2], tols=[0.0], decode=False, quiet=True,
+                    engines=False)
     assert report["decode"] == {"available": False, "why": "not asked for (decode=False)"}
     rt = dr.load(tmp_path / "a")
     assert rt.run([0, 1]).iterations.shape == (2,)

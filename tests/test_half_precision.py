@@ -18,14 +18,15 @@ from depthscale_runtime import BackendUnavailableError
 
 DEMO = str(demo_checkpoint())
 CLI = [sys.executable, "-m", "depthscale_export.cli"]
-GRID = dict(shapes=[(1, 7), (3, 40)], iters=[0, 1, 16], tols=[0.0, 0.003], quiet=True)
+GRID = dict(shapes=[(1, 7), (3, 40)], iters=[0, 1, 16], tols=[0.0, 0.003], decode_shapes=[(2, 6, 12)], quiet=True,
+            engines=False)   # the fp16 engine: tests/test_tensorrt_rtx.py
 
 
 @pytest.fixture(scope="module")
 def fp16(tmp_path_factory):
     out = tmp_path_factory.mktemp("fp16") / "demo-fp16"
     proc = subprocess.run([*CLI, DEMO, "-o", str(out), "--precision", "fp16", "--shapes", "1x7,3x40", "--iters",
-                           "0,1,16", "--tols", "0,0.003", "--json"], capture_output=True, text=True, timeout=600)
+                           "0,1,16", "--tols", "0,0.003", "--decode-shapes", "1x1+8,3x6+12", "--no-engines", "--json"], capture_output=True, text=True, timeout=600)
     return out, proc
 
 
@@ -83,7 +84,7 @@ def test_fp16_artifact_runs_in_the_runtime_and_in_depthscale_check(fp16):
 
 def test_fp16_gate_still_catches_a_wrong_graph(tmp_path):
     """A planted defect (a core FFN scale x1.5 inside the ONNX) fails the fp16 gate at its own tolerances."""
-    report = export(DEMO, tmp_path / "bad", precision="fp16", graph_passes=[_scale_core_ffn], **GRID)
+    report = export(DEMO, tmp_path / "bad", precision="fp16", graph_passes=[_scale_core_ffn], **{**GRID, "decode": False})
     assert report["status"] == "failed" and report["parity"]["first_diverging_iteration"] == 1
 
 

@@ -27,7 +27,8 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "demo-onnx"
-    export(demo_checkpoint(), out, shapes=[(1, 7)], iters=[0, 4], tols=[0.0], quiet=True, engines=False)
+    export(demo_checkpoint(), out, shapes=[(1, 7)], iters=[0, 4], tols=[0.0], decode_shapes=[(1, 2, 2)], quiet=True,
+           engines=False)
     return out
 
 
@@ -61,7 +62,7 @@ def test_export_records_why_no_engine_was_built(artifact):
 
 def test_cli_reports_the_skip_and_refuses_a_bad_profile(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "depthscale_export.cli", str(demo_checkpoint()), "-o",
-                           str(tmp_path / "a"), "--shapes", "1x3", "--iters", "0,1", "--tols", "0", "--no-engines"],
+                           str(tmp_path / "a"), "--shapes", "1x3", "--iters", "0,1", "--tols", "0", "--no-decode", "--no-engines"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     for flavor in ("tensorrt-rtx", "tensorrt"):

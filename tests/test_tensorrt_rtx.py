@@ -21,7 +21,7 @@ from depthscale_runtime import BackendUnavailableError
 
 NO_RTX = tensorrt_rtx_unavailable()
 pytestmark = pytest.mark.skipif(NO_RTX is not None, reason=f"TensorRT-RTX engines cannot be built here: {NO_RTX}")
-GATE = dict(shapes=[(1, 5)], iters=[0, 2], tols=[0.0], quiet=True)
+GATE = dict(shapes=[(1, 5)], iters=[0, 2], tols=[0.0], decode_shapes=[(1, 3, 2)], quiet=True)
 REFERENCE = dict(vocab_size=256, d_model=512, n_heads=8, n_kv_heads=2, d_ff=1536, window=128, prelude_layers=2,
                  core_layers=2, cross_layers=2, max_iters=8, max_seq_len=256)
 
@@ -42,7 +42,7 @@ def demo_fp16(tmp_path_factory):
 def reference(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rtx") / "reference"
-    return out, export(DepthScaleModel(DepthScaleConfig(**REFERENCE)).eval(), out, **GATE)
+    return out, export(DepthScaleModel(DepthScaleConfig(**REFERENCE)).eval(), out, rtx_targets=["sm89"], **GATE)
 
 
 def rtx_engines(artifact, report) -> dict[str, dict]:
