@@ -14,13 +14,14 @@ from .gate.parity import DEFAULT_TOLERANCES, Tolerances
 from .engines.network import Profile
 from .engines.rtx import DEFAULT_TARGETS, TARGETS
 
-EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
+EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 EPILOG = """exit codes:
   0  exported, parity passed
   1  parity failed (the artifact is written, its manifest says "failed")
   2  bad usage or bad input file (nothing written)
-  3  export failed (nothing written)"""
+  3  export failed (nothing written)
+  130  interrupted (Ctrl-C; nothing written)"""
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -128,6 +129,9 @@ def main(argv=None) -> int:
     except ExportFailed as e:
         print(f"depthscale-export: export failed: {e}", file=sys.stderr)
         return EXIT_EXPORT
+    except KeyboardInterrupt:                 # the staging directory is gone already (atomic_dir)
+        print(f"depthscale-export: interrupted; nothing written to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not args.quiet:
         _print_table(out, report, args.verbose)
     if args.json:
