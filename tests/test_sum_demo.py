@@ -57,13 +57,13 @@ def test_sum_demo_checkpoint_is_small_and_depth_pays():
     torch.set_num_threads(1)                          # a small batch: threads only contend on a loaded machine
     try:
         with torch.no_grad():
-            for T in (1, 2, 16):
+            for T in (1, 4, 16):
                 pred = model(data.ids, max_iters=T, tol=0.0).logits.argmax(-1)
                 exact[T] = float(((pred == data.labels) | ~mask).all(1).float().mean())  # = greedy generation right
     finally:
         torch.set_num_threads(threads)
-    # measured on 500 such prompts: T=1 0.166, T=2 0.934, T=4..16 0.996
-    assert exact[1] < 0.4 and exact[1] < exact[2] - 0.3 and exact[16] > 0.95, exact
+    # measured on 500 such prompts: T=1 0.054, T=2 0.046, T=4 0.456, T=8 0.996, T=16 0.998
+    assert exact[1] < 0.2 and exact[1] < exact[4] - 0.2 and exact[4] < exact[16] - 0.3 and exact[16] > 0.95, exact
 
 
 def test_demo_checkpoint_names_its_task():
@@ -91,6 +91,6 @@ finally:
         assert expected == task.labels_for(prompt) and len(rest) == 8 + 5     # 8 exit iterations, "(a + b = s)"
         assert mark == ("ok" if generated == expected else "xx")
         assert all(1 <= int(i) <= 16 for i in rest[:8])
-    assert sum(e[3] == "ok" for e in examples) >= 3                          # 0.996 exact at the defaults
+    assert sum(e[3] == "ok" for e in examples) >= 3                          # 0.998 exact at the defaults
     table = {int(line.split()[0][2:]): float(line.split()[1]) for line in lines if line.startswith("  T=")}
-    assert set(table) == {1, 16} and table[16] >= 0.9 and table[1] <= 0.5, table
+    assert set(table) == {1, 16} and table[16] >= 0.9 and table[1] <= 0.3, table
