@@ -8,6 +8,10 @@ answers that depend on far-back characters need more iterations T.
   parity:    bits "0110101"            -> running parity at every position "0100110"
   addition:  digit pairs a0 b0 a1 b1 … -> at each b_i, digit i of a + b (least significant first);
              carry chains are made long on purpose (half the pairs sum to 9)
+  sum:       "a+b=s", each number written least significant digit first, n-digit operands and n + 1
+             sum digits (leading zeros kept), a generative task: the answer digits are labelled as
+             next-token targets (the label at '=' is s_0, at s_i it is s_{i+1}), so a model generates s
+             one digit at a time after "a+b="; carry chains are long on purpose, as in addition
 """
 
 from __future__ import annotations
@@ -92,7 +96,52 @@ class Addition(Task):
         return "".join(out)
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Parity(), Addition())}
+class Sum(Task):
+    """Generative addition: "a+b=s" (least significant digit first) with the sum's digits as next-token
+    targets. Operands have n = max(1, (length - 3) // 3) digits (3n + 3 characters in all)."""
+    name, chars = "sum", "0123456789+="
+
+    @staticmethod
+    def digits(length: int) -> int:
+        """Operand digits n for a text of at most `length` characters (n >= 1)."""
+        return max(1, (length - 3) // 3)
+
+    @staticmethod
+    def prompt(a: int, b: int, n: int) -> str:
+        """"a+b=" with a, b as n digits, least significant first."""
+        return f"{a:0{n}d}"[::-1] + "+" + f"{b:0{n}d}"[::-1] + "="
+
+    @staticmethod
+    def answer(a: int, b: int, n: int) -> str:
+        """The n + 1 digits of a + b, least significant first."""
+        return f"{a + b:0{n + 1}d}"[::-1]
+
+    def sample(self, batch, length, gen):
+        n = self.digits(length)
+        a = torch.randint(0, 10, (batch, n), generator=gen)
+        nine = torch.rand(batch, n, generator=gen) < 0.5        # long carry chains
+        b = torch.where(nine, 9 - a, torch.randint(0, 10, (batch, n), generator=gen))
+        digits, carry = [], torch.zeros(batch, dtype=torch.long)
+        for i in range(n):
+            total = a[:, i] + b[:, i] + carry
+            digits.append(total % 10)
+            carry = total // 10
+        s = torch.stack(digits + [carry], dim=1)                               # [batch, n + 1]
+        plus, equals = torch.full((batch, 1), 10), torch.full((batch, 1), 11)  # '+', '=' (ids 11, 12)
+        ids = torch.cat([a, plus, b, equals, s], dim=1) + 1                    # [batch, 3n + 3]
+        labels = torch.full_like(ids, IGNORE)
+        labels[:, 2 * n + 1: 3 * n + 2] = ids[:, 2 * n + 2:]                   # '=' and s_0..s_{n-1}: the next digit
+        return Batch.with_bos(ids, labels)
+
+    def labels_for(self, text):
+        """The sum's digits (least significant first, n + 1 of them), from the operands in `text`."""
+        left = text.split("=", 1)[0]
+        a, b = left.split("+")
+        n = max(len(a), len(b))
+        return self.answer(int(a[::-1]), int(b[::-1]), n)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Parity(), Addition(), Sum())}
 
 
 def get_task(name: str) -> Task:

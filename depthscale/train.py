@@ -30,7 +30,8 @@ EVAL_ITERS = (1, 2, 4, 8, 16)
 class TrainOptions:
     steps: int = 1500
     batch_size: int = 32
-    seq_len: int = 24              # training examples have 1..seq_len characters
+    seq_len: int = 24              # training examples have min_seq_len..seq_len characters
+    min_seq_len: int = 1
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: int = 100
@@ -102,7 +103,7 @@ def train(config: DepthScaleConfig, opts: TrainOptions, progress: bool = True) -
     for step in bar:
         for group in optim.param_groups:
             group["lr"] = lr_at(step, opts)
-        length = int(torch.randint(1, opts.seq_len + 1, (), generator=gen))
+        length = int(torch.randint(opts.min_seq_len, opts.seq_len + 1, (), generator=gen))
         T = int(torch.randint(opts.min_train_iters, config.max_iters + 1, (), generator=gen))
         data = task.sample(opts.batch_size, length, gen)
         loss = loss_fn(model(data.ids, max_iters=T, tol=0.0).logits, data.labels)
@@ -125,7 +126,7 @@ def train(config: DepthScaleConfig, opts: TrainOptions, progress: bool = True) -
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthscale-train", description=__doc__.split("\n\n")[0],
                                 epilog="Exit codes: 0 trained and saved, 2 bad arguments.")
-    p.add_argument("--task", default="parity", help="parity | addition (default parity)")
+    p.add_argument("--task", default="parity", help="parity | addition | sum (default parity)")
     p.add_argument("-o", "--out", default="model.pt", help="checkpoint path (.pt file, or a directory)")
     d = DepthScaleConfig()
     for name in ("d_model", "n_heads", "n_kv_heads", "d_ff", "window", "prelude_layers", "core_layers",
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixer", choices=("window", "retention"), default=d.mixer)
     p.add_argument("--no-bitnet", action="store_true", help="float linears instead of BitLinear")
     o = TrainOptions()
-    for name in ("steps", "batch_size", "seq_len", "warmup", "eval_every", "seed", "threads", "min_train_iters"):
+    for name in ("steps", "batch_size", "seq_len", "min_seq_len", "warmup", "eval_every", "seed", "threads",
+                 "min_train_iters"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(o, name))
     for name in ("lr", "weight_decay", "clip"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(o, name))
@@ -156,10 +158,12 @@ def main(argv=None) -> int:
             reason_tokens=args.reason_tokens, max_seq_len=args.max_seq_len, grad_iters=args.grad_iters,
             tokenizer=task.chars, task=task.name)
         opts = TrainOptions(**{k: getattr(args, k) for k in (
-            "steps", "batch_size", "seq_len", "warmup", "eval_every", "seed", "threads", "min_train_iters",
-            "lr", "weight_decay", "clip")})
+            "steps", "batch_size", "seq_len", "min_seq_len", "warmup", "eval_every", "seed", "threads",
+            "min_train_iters", "lr", "weight_decay", "clip")})
         if opts.steps < 1 or opts.batch_size < 1 or opts.seq_len < 1:
             raise ValueError("steps, batch-size and seq-len must be >= 1")
+        if not 1 <= opts.min_seq_len <= opts.seq_len:
+            raise ValueError("min-seq-len must be in [1, seq-len]")
     except ValueError as e:
         print(f"depthscale-train: error: {e}", file=sys.stderr)
         return 2

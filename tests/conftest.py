@@ -38,3 +38,16 @@ def demo_artifact(tmp_path_factory):
                     engines=False)
     assert report["status"] == "passed", report["parity"]
     return out
+
+
+@pytest.fixture(scope="session")
+def sum_artifact(tmp_path_factory):
+    """The bundled sum demo exported once, with small parity and decoding grids and no engines (the
+    export itself, three graphs, is most of the cost)."""
+    from depthscale import demo_checkpoint
+    from depthscale_export import export
+    out = tmp_path_factory.mktemp("sum-artifact") / "sum-onnx"
+    report = export(demo_checkpoint("sum"), out, shapes=[(1, 5)], iters=[16], tols=[0.0],
+                    decode_shapes=[(1, 4, 4)], engines=False, quiet=True)
+    assert report["status"] == "passed", report["parity"]
+    return out
