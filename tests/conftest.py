@@ -1,3 +1,9 @@
+import os
+
+# One torch thread in the tests and the CLIs they start: on a loaded 2-core CI machine, torch's
+# default of two threads contends with everything else (a small evaluation ran 15x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 

@@ -213,6 +213,9 @@ def test_readme_embedding_example_runs(artifact, tmp_path):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Embedding the runtime", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    generating = section.split("### Generating", 1)[1]            # continues the same session: rt, tok
+    code += re.search(r"```python\n(.*?)```", generating, re.S).group(1)
+    code += "assert res.tokens.shape == (2, 8) and res.iterations.shape == (2, 8)\n"
     shutil.copytree(artifact, tmp_path / "demo-onnx")
     proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
