@@ -55,16 +55,31 @@ class ExportFailed(Exception):
     """torch.onnx or the graph passes failed (exit code 3)."""
 
 
+DEFAULT_SHAPES = ((1, 1), (1, 7), (3, 24))
+DEFAULT_DECODE_SHAPES = ((1, 1, 16), (3, 12, 64))
+
+
+def default_shapes(max_seq_len: int) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """The default parity and decoding-gate shapes, shortened to fit a model's max_seq_len (a short model
+    gets the same kinds of samples, not a usage error for shapes it never asked for)."""
+    shapes = sorted({(b, min(n, max_seq_len)) for b, n in DEFAULT_SHAPES})
+    decode = []
+    for b, p, k in DEFAULT_DECODE_SHAPES:
+        p = min(p, max(b, max_seq_len // 4))
+        decode.append((b, p, min(k, max_seq_len - p)))
+    return shapes, decode
+
+
 @dataclass
 class ExportOptions:
     opset: int = DEFAULT_OPSET
     max_iters_cap: int | None = None                     # default: config.max_iters
     precision: str = "fp32"                              # "fp32" | "fp16" | "bf16": the activations' dtype
     tolerances: Tolerances | None = None                 # default: DEFAULT_TOLERANCES[precision]
-    shapes: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1), (1, 7), (3, 24)])
+    shapes: list[tuple[int, int]] | None = None           # default: DEFAULT_SHAPES, fitted to max_seq_len
     # decoding gate: (batch, prompt, new): a ragged batch (row b's prompt has prompt - b tokens), then
     # `new` tokens decoded one at a time; each at the cap and at the tols below
-    decode_shapes: list[tuple[int, int, int]] = field(default_factory=lambda: [(1, 1, 16), (3, 12, 64)])
+    decode_shapes: list[tuple[int, int, int]] | None = None   # default: DEFAULT_DECODE_SHAPES, fitted
     iters: list[int] | None = None                       # default: 0, 1, 4 and the cap
     tols: list[float] | None = None                      # default: 0 and config.tol
     seed: int = 0
@@ -161,6 +176,9 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     cap = cfg.max_iters if opts.max_iters_cap is None else opts.max_iters_cap
     if cap < 0:
         raise BadInput(f"max_iters cap must be >= 0, got {cap}")
+    fitted_shapes, fitted_decode_shapes = default_shapes(cfg.max_seq_len)
+    opts = replace(opts, shapes=opts.shapes or fitted_shapes,
+                   decode_shapes=opts.decode_shapes or fitted_decode_shapes)
     for b, n in opts.shapes:
         if b < 1 or not 1 <= n <= cfg.max_seq_len:
             raise BadInput(f"parity shape {b}x{n} is outside batch >= 1, 1 <= seq <= {cfg.max_seq_len}")

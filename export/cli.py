@@ -77,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-atol", type=float, default=None,
                    help="per-iteration hidden-state tolerance (default "
                         f"{', '.join(f'{k} {t.state_atol:g}' for k, t in d.items())})")
-    p.add_argument("--shapes", type=_shapes, default=None, help="parity input shapes BxN,... (default 1x1,1x7,3x24)")
+    p.add_argument("--shapes", type=_shapes, default=None, help="parity input shapes BxN,... (default 1x1,1x7,3x24, shortened to the model's max_seq_len)")
     p.add_argument("--iters", type=_ints, default=None, help="parity iteration budgets (default 0,1,4,cap)")
     p.add_argument("--tols", type=_floats, default=None, help="parity exit tolerances (default 0,config.tol)")
     p.add_argument("--decode-shapes", type=_decode_shapes, default=None, metavar="BxP+K,...",
                    help="decoding gate: B rows, prompts of P - b tokens, then K tokens decoded one at a time "
-                        "(default 1x1+16,3x12+64)")
+                        "(default 1x1+16,3x12+64, shortened to the model's max_seq_len)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--graph-pass", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="also apply your own pass (onnx_ir.Model -> None, in place) before the gate; repeatable")
