@@ -26,8 +26,8 @@ from .network import (Profile, engine_inventory, make_logger, network_facts, par
 # SM75 is not offered: its build fails on FP32 GEMM ("not supported for Turing").
 TARGETS = ("sm80", "sm86", "sm89", "sm120", "sm121")
 # All of them: a CPU-built TensorRT-RTX plan leaves kernel compilation to the device (its JIT), so one
-# plan for all five targets has the size of a single-target plan and builds in about 1-1.5x its time
-# (measured on 2 cores: demo 8.6 s against 6-16 s for one target; reference config 24-30 s against 18-22 s).
+# plan for all five targets has the size of a single-target plan and builds in about its time (measured
+# per graph, target and precision in docs/tensorrt.md).
 DEFAULT_TARGETS = TARGETS
 
 
