@@ -79,9 +79,10 @@ class Subjects:
 
     @cached_property
     def ref_decode(self):
-        """The reference at the anchor's T as its cap: the decode section times decoding on it (the
-        decode graphs carry the cap's T slots of core cache, whatever max_iters a generation asks for)."""
-        T = self.plan.anchor[2]
+        """The reference with T cap plan.decode_cap: the decode section times decoding on it (the decode
+        graphs carry the cap's T slots of core cache, whatever max_iters a generation asks for). One of
+        the other exports when their cap is the same (the quick plan: no extra export)."""
+        T = self.plan.decode_cap
         if T == self.cap:
             return self.ref_art
         if T == self.plan.size_caps[0]:
@@ -133,7 +134,7 @@ SECTIONS = {
                                                        s.ref.config.vocab_size, plan, log),
     "early_exit": lambda s, plan, tmp, log: early_exit.run(s.demo_art.path, s.demo.config, plan, log),
     "decode": lambda s, plan, tmp, log: decode.run(
-        s.ref_decode.path, {plan.size_caps[0]: s.ref_small.path, plan.anchor[2]: s.ref_decode.path, s.cap: s.ref_art.path},
+        s.ref_decode.path, {plan.size_caps[0]: s.ref_small.path, plan.decode_cap: s.ref_decode.path, s.cap: s.ref_art.path},
         s.ref_packed, s.demo_art.path, s.demo.config, plan, log),
 }
 

@@ -114,6 +114,10 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
     steps after plan.decode_warmup), against the whole forward over the N + 1 tokens (ORT's model.onnx and,
     up to plan.decode_eager_recompute_tokens tokens per batch, eager). T = the decode artifact's cap, tol 0."""
     T = rt.artifact.max_iters_cap
+    # the runtime creates its prefill and decode sessions on first use: not inside a timed prefill
+    warm = seeded_ids(vocab_size, 1, 4)
+    _, _, caches = ort_prefill(rt, warm[:, :3], 1, 0.0)
+    OrtDecodeStep(rt, warm, 3, caches, 1, 0.0)()
     rows = []
     for batch in plan.decode_batches:
         for n in plan.decode_seqs:
@@ -168,18 +172,19 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
 
 def cache(rts: dict[int, object], model, plan, log) -> dict:
     """Bytes per sequence of the runtime's prefill caches (nbytes) at batch 1: against N with the decode
-    artifact (T = its cap), and against T at the anchor's N, for the runtime (one artifact per cap in
+    artifact (T = its cap, plan.decode_cap), and against T at the anchor's N, for the runtime (one artifact per cap in
     `rts`) and for eager depthscale.decode.prefill (cache_iters T). Prefilled at max_iters 1: the caches'
     shapes do not depend on it (the core cache always has the cap's T slots)."""
-    cfg = rts[plan.anchor[2]].config
+    T0 = plan.decode_cap
+    cfg = rts[T0].config
     vocab = cfg["vocab_size"]
     seq_rows = []
     for n in plan.decode_cache_seqs:
-        _, _, caches = ort_prefill(rts[plan.anchor[2]], seeded_ids(vocab, 1, n), 1, 0.0)
+        _, _, caches = ort_prefill(rts[T0], seeded_ids(vocab, 1, n), 1, 0.0)
         b = cache_bytes(caches)
-        seq_rows.append({"seq": n, "max_iters_cap": plan.anchor[2], **b,
-                         "matches_formula": {k: b[k] for k in CACHE_PARTS} == formula_bytes(cfg, n, plan.anchor[2])})
-        log(f"decode cache N{n} T{plan.anchor[2]}: prelude {b['prelude']:,} B, core {b['core']:,} B, "
+        seq_rows.append({"seq": n, "max_iters_cap": T0, **b,
+                         "matches_formula": {k: b[k] for k in CACHE_PARTS} == formula_bytes(cfg, n, T0)})
+        log(f"decode cache N{n} T{T0}: prelude {b['prelude']:,} B, core {b['core']:,} B, "
             f"global KV {b['global_kv']:,} B")
     n = plan.anchor[1]
     ids = seeded_ids(vocab, 1, n)
@@ -226,7 +231,7 @@ def iterations(label: str, rt, ids: np.ndarray, prompt: int, max_iters: int, tol
 
 
 def run(ref_decode_artifact, ref_artifacts: dict, ref_packed, demo_artifact, demo_config, plan, log) -> dict:
-    """ref_decode_artifact: the reference exported with cap T = the anchor's (all decoding is timed on it);
+    """ref_decode_artifact: the reference exported with cap T = plan.decode_cap (all decoding is timed on it);
     ref_artifacts: {cap: artifact dir} of the reference for the cache-against-T sweep (the decode one
     included); demo_artifact: the demo's (its decode iterations, the demo being trained to exit early)."""
     rt = runtime(ref_decode_artifact, 1)
@@ -238,7 +243,8 @@ def run(ref_decode_artifact, ref_artifacts: dict, ref_packed, demo_artifact, dem
     result["cache"] = cache(rts, ref_packed, plan, log)
     batch, prompt, new = plan.decode_iter_shape
     ids = seeded_ids(cfg.vocab_size, batch, prompt + new, seed=1)
-    rows = [iterations("reference", rt, ids, prompt, rt.artifact.max_iters_cap, cfg.tol, log)]
+    rows = [iterations("reference", rt, ids, prompt, rt.artifact.max_iters_cap, cfg.tol if tol is None else tol, log)
+            for tol in plan.decode_iter_tols]
     task = get_task(demo_config.task)
     data = task.sample(plan.early_exit_batch, plan.early_exit_length, torch.Generator().manual_seed(1234)).ids.numpy()
     rows.append(iterations("demo", runtime(demo_artifact, 1), data, data.shape[1] // 2, demo_config.max_iters,
