@@ -117,6 +117,7 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
     # the runtime creates its prefill and decode sessions on first use: not inside a timed prefill
     warm = seeded_ids(vocab_size, 1, 4)
     _, _, caches = ort_prefill(rt, warm[:, :3], 1, 0.0)
+    caches[2] = pad_capacity(caches[2], 4)
     OrtDecodeStep(rt, warm, 3, caches, 1, 0.0)()
     rows = []
     for batch in plan.decode_batches:
