@@ -5,6 +5,7 @@ exit iterations over the same tokens."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -98,21 +99,37 @@ def eager_cache(caches, ids_len: int, batch: int, max_iters: int, tol: float) ->
                        torch.full((batch,), max_iters, dtype=torch.int64), torch.full((batch,), tol, dtype=torch.float32))
 
 
-def _repeat(calls: dict, reps: int, budget_s: float) -> dict:
-    """interleaved() with one warm-up round, then as many rounds (1..reps) as fit budget_s at the
-    warm-up's pace: a whole forward at 4096 tokens and batch 8 takes a minute here."""
-    start = time.perf_counter()
-    warm = interleaved(calls, reps=1, warmup=0)
-    took = time.perf_counter() - start
-    reps = max(1, min(reps, int(budget_s / max(took, 1e-9))))
-    timed = interleaved(calls, reps=reps, warmup=0)
-    return {k: {**v, "warmup_s": warm[k]["median_s"]} for k, v in timed.items()}
+def _recompute(calls: dict, reps: int, budget_s: float) -> dict:
+    """Each whole forward once; if that took under budget_s it was the warm-up, and 1..reps timed runs follow
+    (as many as fit budget_s at its pace); else that one (cold) run is the figure: a whole forward at 4096
+    tokens and batch 8 takes minutes here, and ORT's first run at a new length is slower (the ratio to
+    decoding is then overstated by that much, which `warmed_up` says)."""
+    out = {}
+    for name, call in calls.items():
+        t0 = time.perf_counter()
+        call()
+        first = time.perf_counter() - t0
+        if first > budget_s:
+            out[name] = {"median_s": first, "times_s": [round(first, 6)], "warmed_up": False}
+            continue
+        times = []
+        for _ in range(max(1, min(reps, int(budget_s / first)))):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"median_s": statistics.median(times), "times_s": [round(x, 6) for x in times], "warmed_up": True,
+                     "warmup_s": first}
+    return out
 
 
 def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
-    """Per (batch, N): ms per decode step for ORT and eager (interleaved, the median of plan.decode_steps
-    steps after plan.decode_warmup), against the whole forward over the N + 1 tokens (ORT's model.onnx and,
-    up to plan.decode_eager_recompute_tokens tokens per batch, eager). T = the decode artifact's cap, tol 0."""
+    """Per (batch, N): ms per decode step with about N tokens cached, for ORT and eager (interleaved, the
+    median of plan.decode_steps steps after plan.decode_warmup; the prompt is N - warmup - steps tokens,
+    so that the last step decodes token N, within max_seq_len), against the whole forward over the N
+    tokens that the last step completes (ORT's model.onnx and, up to plan.decode_eager_recompute_tokens
+    tokens per batch, eager): both give that token's logits. T = the decode artifact's cap, tol 0.
+    The rows of a batch repeat one prompt, prefilled once and its caches repeated (every op is row-wise:
+    rows cost the same whatever they hold; a prefill of 8 x 4096 tokens takes minutes here)."""
     T = rt.artifact.max_iters_cap
     # the runtime creates its prefill and decode sessions on first use: not inside a timed prefill
     warm = seeded_ids(vocab_size, 1, 4)
@@ -120,28 +137,30 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
     caches[2] = pad_capacity(caches[2], 4)
     OrtDecodeStep(rt, warm, 3, caches, 1, 0.0)()
     rows = []
-    for batch in plan.decode_batches:
-        for n in plan.decode_seqs:
-            extra = plan.decode_warmup + plan.decode_steps + 1
-            ids = seeded_ids(vocab_size, batch, n + extra, seed=n)
-            start = time.perf_counter()
-            logits, _, caches = ort_prefill(rt, ids[:, :n], T, 0.0)
-            prefill_s = time.perf_counter() - start
-            caches[2] = pad_capacity(caches[2], n + extra)
-            steps = {"ort": OrtDecodeStep(rt, ids, n, caches, T, 0.0),
-                     "eager": EagerDecodeStep(model, ids, n, eager_cache(caches, n, batch, T, 0.0))}
+    k = plan.decode_warmup + plan.decode_steps
+    for n in plan.decode_seqs:
+        one = seeded_ids(vocab_size, 1, n, seed=n)
+        start = time.perf_counter()
+        _, _, prefilled = ort_prefill(rt, one[:, :n - k], T, 0.0)
+        prefill_s = time.perf_counter() - start
+        prefilled[2] = pad_capacity(prefilled[2], n)
+        for batch in plan.decode_batches:
+            ids = np.repeat(one, batch, 0)
+            caches = [np.repeat(c, batch, 0) for c in prefilled]
+            steps = {"ort": OrtDecodeStep(rt, ids, n - k, caches, T, 0.0),
+                     "eager": EagerDecodeStep(model, ids, n - k, eager_cache(caches, n - k, batch, T, 0.0))}
             t = interleaved(steps, reps=plan.decode_steps, warmup=plan.decode_warmup)
-            recompute = {"ort": OrtRun(rt, ids[:, :n + 1], T, 0.0)}
+            recompute = {"ort": OrtRun(rt, ids, T, 0.0)}
             if batch * n <= plan.decode_eager_recompute_tokens:
-                recompute["eager"] = EagerRun(model, ids[:, :n + 1], T, 0.0, 1)
-            r = _repeat(recompute, plan.decode_recompute_reps, plan.decode_recompute_budget_s)
+                recompute["eager"] = EagerRun(model, ids, T, 0.0, 1)
+            r = _recompute(recompute, plan.decode_recompute_reps, plan.decode_recompute_budget_s)
             ort_step, eager_step = t["ort"]["median_s"], t["eager"]["median_s"]
             ort_full = r["ort"]["median_s"]
             eager_full = r["eager"]["median_s"] if "eager" in r else None
-            # the first decode step predicts from position n: the whole forward's logits there
-            first = steps["ort"].logits[0]
-            row = {"batch": batch, "seq": n, "max_iters": T, "tol": 0.0, "threads": 1,
-                   "ort_prefill_s": prefill_s,
+            # the last decode step gives token n's logits: the whole forward's at its last position
+            last = steps["ort"].logits[-1]
+            row = {"batch": batch, "seq": n, "prompt": n - k, "max_iters": T, "tol": 0.0, "threads": 1,
+                   "ort_prefill_s": prefill_s, "ort_prefill_batch": 1,
                    "ort_decode_step_s": ort_step, "eager_decode_step_s": eager_step,
                    "ort_recompute_s": ort_full, "eager_recompute_s": eager_full,
                    "ort_decode_ms_per_token": ort_step * 1e3 / batch, "eager_decode_ms_per_token": eager_step * 1e3 / batch,
@@ -155,15 +174,17 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
                    "ort_recompute_over_eager_decode": ort_full / eager_step,
                    "eager_decode_over_ort_decode": eager_step / ort_step,
                    "decode_steps_timed": len(t["ort"]["times_s"]), "recompute_reps": len(r["ort"]["times_s"]),
+                   "ort_recompute_warmed_up": r["ort"]["warmed_up"],
+                   "eager_recompute_warmed_up": r["eager"]["warmed_up"] if "eager" in r else None,
                    "ort_decode_times_s": t["ort"]["times_s"], "eager_decode_times_s": t["eager"]["times_s"],
                    "ort_recompute_times_s": r["ort"]["times_s"],
                    "eager_recompute_times_s": r["eager"]["times_s"] if "eager" in r else None,
-                   # agreement: ORT and eager decode steps alike; the first step against the whole forward
+                   # agreement: ORT and eager decode steps alike; the last step against the whole forward
                    "decode_logits_max_abs_diff": float(max(np.abs(a - b).max() for a, b in
                                                            zip(steps["ort"].logits, steps["eager"].logits))),
                    "decode_iterations_equal": all(np.array_equal(a, b) for a, b in
                                                   zip(steps["ort"].iterations, steps["eager"].iterations)),
-                   "first_step_vs_recompute_logits_max_abs_diff": float(np.abs(first - recompute["ort"].last[0][:, n]).max())}
+                   "last_step_vs_recompute_logits_max_abs_diff": float(np.abs(last - recompute["ort"].last[0][:, -1]).max())}
             rows.append(row)
             log(f"decode b{batch} N{n} T{T}: ORT {ort_step * 1e3:.2f} ms/step, eager {eager_step * 1e3:.2f} ms/step; "
                 f"recompute ORT {ort_full:.3f} s" + ("" if eager_full is None else f", eager {eager_full:.3f} s")

@@ -79,23 +79,27 @@ def decode_markdown(d: dict) -> list[str]:
     T = d["max_iters"]
     lines = ["", f"## h. Decode against recomputing (reference, T {T} = the decode artifact's cap, tol 0, 1 thread; "
              f"prefill.onnx + decode.onnx through depthscale_runtime, and eager depthscale.decode from the same "
-             f"prefilled cache; recompute: the whole forward over the N + 1 tokens)", "",
+             f"prefilled cache; recompute: the whole forward over the N tokens)", "",
              "Decode: the median of interleaved steps after warm-up steps, each step one new token per row "
-             "(teacher-forced); recompute: the median of whole forwards after one warm-up (eager's only up to "
-             "batch x N = " + f"{d['eager_recompute_tokens']:,} tokens). ms per token = ms per step / batch.", "",
+             "(teacher-forced), the last one decoding token N; the rows of a batch repeat one prompt, prefilled once "
+             "(ORT prefill s: batch 1). Recompute: the whole forward over those N tokens, the median of runs after one "
+             "warm-up, or one cold run (marked *) where a run takes longer than the plan's budget; eager's only up to "
+             "batch x N = " + f"{d['eager_recompute_tokens']:,} tokens. ms per token = ms per step / batch.", "",
              "| batch | N | ORT decode ms/token | eager decode ms/token | ORT recompute ms/token | eager recompute ms/token | "
              "ORT decode tokens/s | ORT recompute / ORT decode | eager recompute / eager decode | ORT prefill s | "
-             "decode steps, recompute reps | ORT vs eager decode: logits max diff, iterations equal | first step vs recompute logits max diff |",
+             "decode steps, recompute reps | ORT vs eager decode: logits max diff, iterations equal | last step vs recompute logits max diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["speed"]:
         er, em = r["eager_recompute_over_eager_decode"], r["eager_recompute_ms_per_token"]
+        cold_o = "" if r["ort_recompute_warmed_up"] else "*"
+        cold_e = "" if r["eager_recompute_warmed_up"] in (True, None) else "*"
         lines.append(f"| {r['batch']} | {r['seq']} | {r['ort_decode_ms_per_token']:,.2f} | {r['eager_decode_ms_per_token']:,.2f} | "
-                     f"{r['ort_recompute_ms_per_token']:,.1f} | "
-                     f"{'n/a' if em is None else f'{em:,.1f}'} | "
+                     f"{r['ort_recompute_ms_per_token']:,.1f}{cold_o} | "
+                     f"{'n/a' if em is None else f'{em:,.1f}{cold_e}'} | "
                      f"{r['ort_decode_tokens_per_s']:,.0f} | **{r['ort_recompute_over_ort_decode']:,.0f}x** | "
                      f"{'n/a' if er is None else f'{er:,.0f}x'} | {r['ort_prefill_s']:.2f} | {r['decode_steps_timed']}, "
                      f"{r['recompute_reps']} | {r['decode_logits_max_abs_diff']:.1e}, {r['decode_iterations_equal']} | "
-                     f"{r['first_step_vs_recompute_logits_max_abs_diff']:.1e} |")
+                     f"{r['last_step_vs_recompute_logits_max_abs_diff']:.1e} |")
     c = d["cache"]
     lines += ["", f"### Cache bytes per sequence (the runtime's prefill caches' nbytes, batch {c['batch']}, float32)", "",
               f"Against N (T {c['by_seq'][0]['max_iters_cap']}): the self-decoder's window caches (prelude + core) against "
