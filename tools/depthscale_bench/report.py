@@ -134,7 +134,8 @@ def decode_markdown(d: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
-    lines = [f"# depthscale-bench results ({results['plan']['name']} plan)", "",
+    only = f", sections {', '.join(results['only'])} only" if results.get("only") else ""
+    lines = [f"# depthscale-bench results ({results['plan']['name']} plan{only})", "",
              f"{meta['machine']}; {meta['date']}; torch {meta['versions']['torch']}, onnxruntime "
              f"{meta['versions']['onnxruntime']}; bench took {meta['seconds']:.0f} s. Command: `{meta['command']}`", "",
              "## Targets", "", "| target | where | figure | goal | met |", "|---|---|---|---|---|"]
