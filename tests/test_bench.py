@@ -23,13 +23,14 @@ def quick(tmp_path_factory):
 
 def test_writes_json_markdown_and_plots(quick):
     out, results, stderr = quick
-    assert sorted(p.name for p in out.iterdir()) == ["depth.png", "early_exit.png", "latency.png", "results.json",
-                                                     "results.md", "sequence.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["decode_cache_iters.png", "decode_cache_seq.png", "decode_iterations.png",
+                                                     "decode_latency.png", "depth.png", "early_exit.png", "latency.png",
+                                                     "results.json", "results.md", "sequence.png"]
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
     for heading in ("## Targets", "## a. Latency", "## b. Depth", "## c. Sequence", "## d. Size", "## e. Loop against unrolled",
-                    "## f. Early exit", "## g. The machine's limit"):
+                    "## f. Early exit", "## g. The machine's limit", "## h. Decode against recomputing"):
         assert heading in md
     assert "target bits per packed BitLinear weight" in stderr
 
@@ -95,8 +96,51 @@ def test_early_exit_and_targets(quick):
     assert rows[0]["accuracy"] == 1.0                                         # the demo at full depth
     targets = results["targets"]
     assert [t["target"] for t in targets] == ["ORT speed-up over eager", "sequence slope, window attention",
-                                              "ORT peak RSS ratio across T", "bits per packed BitLinear weight"]
+                                              "ORT peak RSS ratio across T", "bits per packed BitLinear weight",
+                                              "decode step speed-up over recomputing", "self-decoder cache bytes across N",
+                                              "decode iterations against the whole forward's"]
     assert all(isinstance(t["figure"], float) and isinstance(t["met"], bool) for t in targets)
+
+
+def test_decode_section(quick):
+    _, results, _ = quick
+    plan, d = results["plan"], results["decode"]
+    assert d["max_iters"] == plan["decode_cap"]
+    speed = d["speed"]
+    assert {(r["batch"], r["seq"]) for r in speed} == {(b, n) for b in plan["decode_batches"] for n in plan["decode_seqs"]}
+    for r in speed:
+        assert r["decode_steps_timed"] == plan["decode_steps"] and r["recompute_reps"] >= 1
+        assert r["ort_decode_step_s"] > 0 and r["eager_decode_step_s"] > 0 and r["ort_recompute_s"] > 0
+        assert r["ort_recompute_over_ort_decode"] == pytest.approx(r["ort_recompute_s"] / r["ort_decode_step_s"])
+        assert (r["eager_recompute_s"] is None) == (r["batch"] * r["seq"] > plan["decode_eager_recompute_tokens"])
+        # exactness, not speed: ORT's decode steps against eager's, and the last against the whole forward
+        assert r["decode_iterations_equal"] and r["decode_logits_max_abs_diff"] <= 1e-4, r
+        assert r["last_step_vs_recompute_logits_max_abs_diff"] <= 1e-4, r
+    cache = d["cache"]
+    assert [r["seq"] for r in cache["by_seq"]] == list(plan["decode_cache_seqs"])
+    for r in cache["by_seq"]:
+        assert r["matches_formula"] and r["self_decoder"] == r["prelude"] + r["core"] > 0
+    # the self-decoder's window caches do not grow with N; the global KV does, linearly
+    assert len({r["self_decoder"] for r in cache["by_seq"]}) == 1 and cache["self_decoder_ratio"]["value"] == 1.0
+    first, last = cache["by_seq"][0], cache["by_seq"][-1]
+    assert last["global_kv"] * first["seq"] == first["global_kv"] * last["seq"]
+    # the core cache grows with T, linearly; the runtime's prefill holds the same bytes as eager's
+    by_iters = cache["by_iters"]
+    assert all(r["matches_formula"] for r in by_iters) and cache["ort_equals_eager_by_iters"]
+    assert sum("onnxruntime" in r for r in by_iters) >= 2
+    assert by_iters[-1]["eager"]["core"] * by_iters[0]["max_iters_cap"] == by_iters[0]["eager"]["core"] * by_iters[-1]["max_iters_cap"]
+    # exit means exit: decoding gives every token the whole forward's exit iteration
+    its = d["iterations"]
+    assert [r["model"] for r in its] == ["reference"] * len(plan["decode_iter_tols"]) + ["demo"]
+    for r in its:
+        assert r["identical"] and r["relative_difference"] == 0.0, r
+    assert its[-1]["early_exit_fraction"] > 0                     # the trained demo exits early
+
+
+def test_only_runs_the_sections_asked_for(tmp_path):
+    proc = subprocess.run([*BENCH, "--quick", "--only", "nonsense", "-o", str(tmp_path / "x")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_refuses_an_existing_output_without_force(tmp_path):

@@ -33,6 +33,18 @@ class Plan:
     early_exit_length: int
     early_exit_singles: int              # examples timed one request at a time
     products: tuple[tuple[int, int, int], ...]     # (m, k, n) of the products the machine's limit is read from
+    decode_cap: int                      # T of the decode section's timing: the cap of the artifact it decodes with
+    decode_batches: tuple[int, ...]      # decode against recompute: batches x prompt lengths N
+    decode_seqs: tuple[int, ...]
+    decode_warmup: int                   # untimed decode steps, then decode_steps timed ones (the median counts)
+    decode_steps: int
+    decode_recompute_reps: int           # whole forwards over N + 1 tokens, after one warm-up, at most ...
+    decode_recompute_budget_s: float     # ... as many as fit this at the warm-up's pace (at least one)
+    decode_eager_recompute_tokens: int   # eager's whole forward only up to batch x N tokens (minutes beyond)
+    decode_cache_seqs: tuple[int, ...]   # cache bytes against N (T = decode_cap) ...
+    decode_cache_iters: tuple[int, ...]  # ... and against T (N = the anchor's)
+    decode_iter_shape: tuple[int, int, int]   # (batch, prompt, new tokens) of the reference's iteration check,
+    decode_iter_tols: tuple[float | None, ...]  # at these tols (None: the config's)
 
 
 FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8), seqs=(128, 512, 2048),
@@ -40,12 +52,19 @@ FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8
             depth_iters=(4, 16, 64), depth_shape=(1, 512), depth_reps=5, seq_sweep=(512, 1024, 2048, 4096), seq_iters=16,
             unroll_steps=16, session_reps=3, early_exit_tols=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1),
             early_exit_batch=256, early_exit_length=24, early_exit_singles=32,
-            products=((2048, 2048, 2048), (4096, 512, 3072), (4096, 1536, 512)))
+            products=((2048, 2048, 2048), (4096, 512, 3072), (4096, 1536, 512)),
+            decode_cap=16, decode_batches=(1, 8), decode_seqs=(512, 4096), decode_warmup=2, decode_steps=7, decode_recompute_reps=3,
+            decode_recompute_budget_s=30.0, decode_eager_recompute_tokens=4096,
+            decode_cache_seqs=(128, 256, 512, 1024, 2048, 4096), decode_cache_iters=(4, 8, 16, 32, 64),
+            decode_iter_shape=(2, 512, 16), decode_iter_tols=(None, 0.1))
 
 QUICK = Plan(name="quick", reference=QUICK_REFERENCE, anchor=(1, 64, 4), batches=(1, 2), seqs=(16, 64),
              iters=(2, 4, 8), threads=(1, 2), grid="axes", reps=1, budget_s=1.0, size_caps=(2, 8),
              depth_iters=(2, 8), depth_shape=(1, 64), depth_reps=1, seq_sweep=(32, 64, 128), seq_iters=4, unroll_steps=4,
              session_reps=1, early_exit_tols=(0.0, 0.003, 0.03), early_exit_batch=16, early_exit_length=12, early_exit_singles=4,
-             products=((512, 512, 512), (1024, 64, 256)))
+             products=((512, 512, 512), (1024, 64, 256)),
+             decode_cap=8, decode_batches=(1, 2), decode_seqs=(32, 128), decode_warmup=1, decode_steps=3, decode_recompute_reps=1,
+             decode_recompute_budget_s=1.0, decode_eager_recompute_tokens=256, decode_cache_seqs=(16, 32, 64, 128),
+             decode_cache_iters=(2, 4, 8), decode_iter_shape=(2, 32, 8), decode_iter_tols=(None, 0.1))
 
 PLANS = {"full": FULL, "quick": QUICK}
