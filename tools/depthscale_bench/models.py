@@ -1,6 +1,6 @@
 """The models the bench measures, and their exports (made once per run, in a work directory).
 
-Plans: "full" is the reference config of issue 5 (d_model 512, 8 heads, 2 KV heads, d_ff 1536,
+Plans: "full" is the reference config (d_model 512, 8 heads, 2 KV heads, d_ff 1536,
 2 prelude / 2 core / 2 cross layers, window 128, vocab 256, random weights) plus the bundled demo;
 "quick" shrinks every dimension so that a smoke run takes well under two minutes.
 """

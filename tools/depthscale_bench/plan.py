@@ -1,4 +1,4 @@
-"""What a bench run measures: the full plan (issue 5's figures, under 20 minutes on 2 cores) and the
+"""What a bench run measures: the full plan (the README's figures, under 20 minutes on 2 cores) and the
 quick plan (the same sections and JSON structure on small shapes, under 2 minutes)."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ TARGETS = {"ort_speedup": 2.0, "window_slope": 1.15, "ort_rss_ratio": 1.05, "bit
 
 
 def targets(results: dict) -> list[dict]:
-    """Issue 5's targets and the decode section's (issue 11), each with its figure and whether it is met
+    """The bench's targets (speed, length, memory, size; decode), each with its figure and whether it is met
     (read at the plan's anchor); only those of the sections that ran."""
     b, n, T = results["plan"]["anchor"]
     rows = []
@@ -75,7 +75,7 @@ def _opt_ms(s) -> str:
 
 
 def decode_markdown(d: dict) -> list[str]:
-    """The decode section's tables (issue 11): speed, cache bytes, iterations."""
+    """The decode section's tables: speed, cache bytes, iterations."""
     T = d["max_iters"]
     lines = ["", f"## h. Decode against recomputing (reference, T {T} = the decode artifact's cap, tol 0, 1 thread; "
              f"prefill.onnx + decode.onnx through depthscale_runtime, and eager depthscale.decode from the same "
