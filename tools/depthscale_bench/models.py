@@ -26,8 +26,9 @@ QUICK_REFERENCE = dict(vocab_size=256, d_model=64, n_heads=4, n_kv_heads=2, d_ff
 SEED = 0
 # the parity gate of the bench's exports: small shapes (the bench measures, the tests cover parity widely)
 # (T up to 16: the per-iteration check runs T ORT calls of up to T iterations; the latency rows check
-# the outputs again at every T they measure)
-GATE = dict(shapes=[(1, 7), (2, 40)], tols=[0.0])
+# the outputs again at every T they measure); a short decoding gate (the decode section checks every
+# step it times against eager again)
+GATE = dict(shapes=[(1, 7), (2, 40)], tols=[0.0], decode_shapes=[(2, 6, 8)])
 GATE_MAX_ITERS = 16
 
 
