@@ -33,3 +33,9 @@ def test_demo_script_runs():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "expected  0100" in proc.stdout and "exit iter" in proc.stdout
+
+
+def test_demo_script_points_a_generative_model_to_the_generative_demo():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--checkpoint", str(demo_checkpoint("sum"))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "tools/generate_demo.py" in proc.stderr and "Traceback" not in proc.stderr

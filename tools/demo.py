@@ -28,6 +28,10 @@ def main(argv=None) -> int:
     cfg = model.config
     print(f"model: {model.num_parameters():,} parameters, d_model {cfg.d_model}, window {cfg.window}, "
           f"core layers {cfg.core_layers}, task {cfg.task!r}, default T {cfg.max_iters}, tol {cfg.tol}")
+    if cfg.task not in ("parity", "addition"):               # answered in place, position by position
+        print(f"demo: error: this demo shows per-position tasks; a {cfg.task!r} model generates its answer: "
+              f"export it and run tools/generate_demo.py on the artifact", file=sys.stderr)
+        return 2
     task = get_task(cfg.task)
     acc = evaluate(model, task, EVAL_ITERS)
     print("accuracy (tol 0):  " + "  ".join(f"T={t}: {a:.3f}" for t, a in acc.items()))
