@@ -3,26 +3,56 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                      # EPERM: another user's live process
+        return True
+    return True
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the `.NAME.tmp-PID-*` and `.NAME.old-PID-*` siblings of `out` whose process PID is gone
+    (killed mid-write); returns them. A live process's staging directory is left alone."""
+    pattern = re.compile(re.escape(f".{out.name}.") + r"(?:tmp|old)-(\d+)-")
+    removed = []
+    for staging in out.parent.glob(f".{_glob_escape(out.name)}.*-*"):
+        match = pattern.match(staging.name)
+        if match and staging.is_dir() and not staging.is_symlink() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
 @contextmanager
 def staging_dir(out: Path, replace: bool):
-    """Yields a temporary sibling of `out`; on normal exit it takes `out`'s place (an existing `out`
-    only if replace, else FileExistsError). On any exception, KeyboardInterrupt included, the temporary
-    directory is removed. A killed process leaves at most a hidden `.NAME.tmp-*` directory."""
+    """Yields a temporary sibling `.NAME.tmp-PID-*` of `out`; on normal exit it takes `out`'s place (an
+    existing `out` only if replace, else FileExistsError). On any exception, KeyboardInterrupt included,
+    the temporary directory is removed. A killed process leaves at most that hidden directory, which the
+    next staging_dir for the same `out` removes (its PID is gone)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_staging(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         if out.exists():
             if not replace:
                 raise FileExistsError(f"{out} exists (use --force to replace it)")
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
             os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)

@@ -9,6 +9,7 @@ yours, on every graph), check, parity (the forward gate, the op checks, the deco
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import sys
 import time
@@ -142,6 +143,27 @@ def _passes(graphs: dict[str, ir.Model], graph_passes, metadata: dict[str, str])
         onnx_model.metadata_props.update(metadata)
 
 
+def _check_output(out: Path, source, force: bool) -> None:
+    """The export writes over nothing but an earlier artifact (and that only with force): never over its
+    own input or a directory holding it, the working directory, a file, or a directory of other things."""
+    where = out.resolve()
+    if isinstance(source, (str, os.PathLike)):
+        src = Path(source).resolve()
+        if where == src or where in src.parents:
+            raise BadInput(f"-o {out} would replace the export's own input {source}; choose another directory")
+    if where == Path.cwd() or where in Path.cwd().parents:
+        raise BadInput(f"-o {out} is the working directory or holds it; choose another directory")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise BadInput(f"{out} exists (use --force to replace it)")
+    if out.is_symlink() or not out.is_dir():
+        raise BadInput(f"{out} is not a directory; --force replaces only an earlier artifact directory")
+    if any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BadInput(f"{out} is not a DepthScale artifact (it has no {MANIFEST}); --force replaces only an "
+                       f"earlier artifact, so move it away yourself if it should go")
+
+
 def export(source, out_dir, options: ExportOptions | None = None, **overrides) -> dict:
     """Export a checkpoint path (or a DepthScaleModel) to the artifact directory `out_dir`.
 
@@ -156,8 +178,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     except TypeError as e:
         raise BadInput(f"unknown export option: {e}") from None
     out = Path(out_dir)
-    if out.exists() and not opts.force:
-        raise BadInput(f"{out} exists (use --force to replace it)")
+    _check_output(out, source, opts.force)
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise BadInput(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}] (the function bodies need >= 18; "
                        f"torch.onnx and ONNX Runtime here go to {MAX_OPSET}), got {opts.opset}")

@@ -213,6 +213,7 @@ def test_existing_out_without_force_exits_2_untouched(tmp_path):
 def test_force_replaces_and_bad_usage_exits_2(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / "manifest.json").write_text("{}")                 # an earlier artifact (--force replaces only those)
     (out / "old.txt").write_text("old")
     proc = run_cli(DEMO, "-o", out, "--force", "--max-iters-cap", "4", "--shapes", "1x3", "--iters", "2",
                    "--decode-shapes", "1x2+2", "-q")
@@ -248,3 +249,34 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, sig):
     assert all(p.name.startswith(".out.tmp-") and not (p / "manifest.json").exists() for p in leftovers)
     if sig == signal.SIGINT:
         assert leftovers == []                                # cleaned up on Ctrl-C
+
+
+def test_force_never_replaces_the_input_or_what_is_not_an_artifact(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(open(DEMO, "rb").read())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    work = tmp_path / "work"
+    work.mkdir()
+    for target, expected in ((ckpt, "own input"), (tmp_path, "own input"), (mine, "not a DepthScale artifact"),
+                             (mine / "notes.txt", "not a directory"), (".", "working directory")):
+        proc = subprocess.run([*CLI, str(ckpt), "-o", str(target), "--force"], capture_output=True, text=True,
+                              timeout=300, cwd=work)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, (target, proc.stderr)
+    assert ckpt.read_bytes() == open(DEMO, "rb").read() and (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model.pt", "work"] and not any(work.iterdir())
+
+
+def test_a_killed_exports_staging_directory_is_removed_by_the_next(tmp_path):
+    from depthscale.atomic_dir import staging_dir
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.tmp-{dead.pid}-x1"             # as a SIGKILLed export leaves it
+    stale.mkdir()
+    (stale / "model.onnx").write_text("half")
+    live = tmp_path / f".out.tmp-{os.getpid()}-x2"           # a running export's: left alone
+    live.mkdir()
+    with staging_dir(tmp_path / "out", replace=False) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]
