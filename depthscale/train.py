@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .checkpoint import save_checkpoint
 from depthscale_runtime.config import DepthScaleConfig
+from depthscale_runtime.interrupt import interruptible
 from .model import DepthScaleModel
 from .tasks import IGNORE, Task, get_task
 
@@ -125,7 +126,7 @@ def train(config: DepthScaleConfig, opts: TrainOptions, progress: bool = True) -
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthscale-train", description=__doc__.split("\n\n")[0],
-                                epilog="Exit codes: 0 trained and saved, 2 bad arguments.")
+                                epilog="Exit codes: 0 trained and saved, 2 bad arguments, 130 interrupted (nothing saved).")
     p.add_argument("--task", default="parity", help="parity | addition | sum (default parity)")
     p.add_argument("-o", "--out", default="model.pt", help="checkpoint path (.pt file, or a directory)")
     d = DepthScaleConfig()
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    return interruptible("depthscale-train", _main, argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         task = get_task(args.task)

@@ -11,6 +11,7 @@ import sys
 
 from depthscale import CheckpointError, load_checkpoint
 from depthscale_runtime import ArtifactError, open_artifact
+from depthscale_runtime.interrupt import interruptible
 
 from .gate.parity import Tolerances, make_samples, run_gate
 
@@ -49,8 +50,12 @@ def assert_artifact_matches(artifact_dir, checkpoint, **kwargs) -> dict:
 
 
 def main(argv=None) -> int:
+    return interruptible("depthscale-check", _main, argv)
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="depthscale-check", description=__doc__.split("\n\n")[0],
-                                epilog="exit codes: 0 parity holds, 1 parity failed, 2 bad usage or unusable input")
+                                epilog="exit codes: 0 parity holds, 1 parity failed, 2 bad usage or unusable input, 130 interrupted")
     p.add_argument("artifact")
     p.add_argument("--against", required=True, help="the checkpoint the artifact was exported from")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)

@@ -9,12 +9,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from depthscale_runtime.interrupt import EXIT_INTERRUPTED
+
 from .api import BadInput, ExportFailed, ExportOptions, export
 from .gate.parity import DEFAULT_TOLERANCES, Tolerances
 from .engines.network import Profile
 from .engines.rtx import DEFAULT_TARGETS, TARGETS
 
-EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_EXPORT = 0, 1, 2, 3
 
 EPILOG = """exit codes:
   0  exported, parity passed

@@ -10,12 +10,14 @@ import sys
 import numpy as np
 
 from .errors import ArtifactError, BackendUnavailableError, DecodingUnavailableError
+from .interrupt import interruptible
 from .runtime import load
 from .tokenizer import CharTokenizer
 
 EPILOG = """exit codes:
   0  ran
-  2  bad usage, bad input, or an artifact that does not verify"""
+  2  bad usage, bad input, or an artifact that does not verify
+  130  interrupted (Ctrl-C)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,10 @@ def _generate(rt, args, ids, tok) -> dict:
 
 
 def main(argv=None) -> int:
+    return interruptible("depthscale-run", _main, argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rt = load(args.artifact, backend=args.backend)

@@ -1,4 +1,5 @@
 import json
+import signal
 import subprocess
 import sys
 
@@ -69,4 +70,21 @@ def test_cli_bad_arguments_exit_2(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "depthscale.train", "-q", "-o", str(tmp_path / "m.pt"), *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path):
+    """(SIGINT at its default disposition in the child: a background job's child inherits it ignored.)"""
+    proc = subprocess.Popen([sys.executable, "-m", "depthscale.train", "--steps", "100000", "--threads", "1",
+                             "-o", str(tmp_path / "m.pt")], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    buffered = ""
+    while "it/s" not in buffered and "s/it" not in buffered:  # training has started (the progress bar)
+        chunk = proc.stderr.read(1)
+        assert chunk, buffered
+        buffered += chunk
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "depthscale-train: interrupted" in rest and "Traceback" not in rest
     assert not (tmp_path / "m.pt").exists()

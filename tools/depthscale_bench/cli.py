@@ -29,6 +29,7 @@ import torch
 import depthscale
 from depthscale import DepthScaleModel, demo_checkpoint
 from depthscale.atomic_dir import staging_dir
+from depthscale_runtime.interrupt import interruptible
 
 from . import decode, depth, early_exit, latency, machine_limit, report, sequence, size, unrolled
 from .models import Workspace, demo_model, random_model
@@ -166,9 +167,13 @@ def run(plan, out: Path, command: str, log, only: list[str] | None = None) -> di
 
 
 def main(argv=None) -> int:
+    return interruptible("depthscale-bench", _main, argv)
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="depthscale-bench", description=__doc__.split("\n\n")[0],
-                                epilog="exit codes: 0 measured, 2 bad usage")
+                                epilog="exit codes: 0 measured, 2 bad usage, 130 interrupted (nothing written)")
     p.add_argument("--quick", action="store_true", help="small shapes, one repetition: a smoke run in < 2 min")
     p.add_argument("-o", "--out", default="bench-results", help="output directory (default bench-results)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
