@@ -9,6 +9,15 @@ import numbers
 import numpy as np
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# batch x (longest) seq per call: a bound on what one call may ask a backend to allocate (a (10**7, 1)
+# batch of ids passed validation and then failed inside ONNX Runtime, allocating gigabytes)
+MAX_TOKENS_PER_CALL = 65536
+
+
+def _check_budget(batch: int, seq: int, name: str) -> None:
+    if batch * seq > MAX_TOKENS_PER_CALL:
+        raise ValueError(f"{name} has batch x seq = {batch} x {seq} = {batch * seq} tokens, over the "
+                         f"{MAX_TOKENS_PER_CALL} per call (split the batch)")
 
 
 def _sequence(value, name: str) -> np.ndarray:
@@ -31,6 +40,7 @@ def validate_ids(input_ids, vocab_size: int, max_seq_len: int, name: str = "inpu
 
     Returns (int64 C-contiguous [batch, seq], lengths int64 [batch], whether the input was one 1-D sequence)."""
     if isinstance(input_ids, (list, tuple)) and input_ids and np.ndim(input_ids[0]) == 1:
+        _check_budget(len(input_ids), 1, name)
         rows = [_sequence(row, f"{name}[{i}]") for i, row in enumerate(input_ids)]
         one_d = False
     else:
@@ -43,6 +53,7 @@ def validate_ids(input_ids, vocab_size: int, max_seq_len: int, name: str = "inpu
         if ids.ndim not in (1, 2):
             raise ValueError(f"{name} must be 1-D [seq] or 2-D [batch, seq], got {ids.ndim}-D {ids.shape}")
         one_d = ids.ndim == 1
+        _check_budget(*((1, ids.shape[0]) if one_d else ids.shape), name)
         rows = list(ids.reshape(1, -1) if one_d else ids)
     if not rows:
         raise ValueError(f"{name} batch must be >= 1, got 0")
@@ -51,6 +62,7 @@ def validate_ids(input_ids, vocab_size: int, max_seq_len: int, name: str = "inpu
     if bad:
         raise ValueError(f"{name} seq must be in [1, {max_seq_len}], got {int(lengths[bad[0]])}"
                          + (f" (row {bad[0]})" if len(rows) > 1 else ""))
+    _check_budget(len(rows), int(lengths.max()), name)
     ids = np.zeros((len(rows), int(lengths.max())), dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, :len(row)] = row
