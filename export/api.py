@@ -30,6 +30,7 @@ from depthscale import DepthScaleModel, load_checkpoint
 from depthscale.model import PRECISIONS
 
 from depthscale.atomic_dir import staging_dir
+from depthscale_runtime.config import LIMITS
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, write_json
 from .decode.gate import DecodeSample, make_decode_samples, run_decode_gate
@@ -195,8 +196,8 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     cfg = model.config
     model.packed().to_precision(opts.precision)
     cap = cfg.max_iters if opts.max_iters_cap is None else opts.max_iters_cap
-    if cap < 0:
-        raise BadInput(f"max_iters cap must be >= 0, got {cap}")
+    if not 0 <= cap <= LIMITS["max_iters"]:
+        raise BadInput(f"max_iters cap must be in [0, {LIMITS['max_iters']}], got {cap}")
     fitted_shapes, fitted_decode_shapes = default_shapes(cfg.max_seq_len)
     opts = replace(opts, shapes=opts.shapes or fitted_shapes,
                    decode_shapes=opts.decode_shapes or fitted_decode_shapes)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 MIXERS = ("window", "retention")
+# Upper bounds, checked before a model is built or an artifact is run: far above any model this toolkit
+# targets, and low enough that a hostile or mistyped config cannot make the loader allocate without end.
+LIMITS = {"vocab_size": 1 << 20, "d_model": 1 << 15, "n_heads": 1 << 10, "n_kv_heads": 1 << 10, "d_ff": 1 << 17,
+          "window": 1 << 20, "prelude_layers": 256, "core_layers": 256, "cross_layers": 256, "max_iters": 1024,
+          "min_iters": 1024, "reason_tokens": 64, "max_seq_len": 1 << 20, "grad_iters": 1024}
+MAX_PARAMETERS = 4_000_000_000      # estimated from the sizes (16 GB in float32)
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,8 @@ class DepthScaleConfig:
             if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValueError(f"{f.name} must be an int, got {v!r}")
             if f.type in ("float", float):
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ValueError(f"{f.name} must be a number, got {v!r}")
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"{f.name} must be a finite number, got {v!r}")
                 object.__setattr__(self, f.name, float(v))
             if f.type in ("bool", bool) and not isinstance(v, bool):
                 raise ValueError(f"{f.name} must be a bool, got {v!r}")
@@ -61,6 +68,12 @@ class DepthScaleConfig:
                      "reason_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, limit in LIMITS.items():
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
+        if self.estimated_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"the sizes make about {self.estimated_parameters():.3g} parameters, over the "
+                             f"{MAX_PARAMETERS:.3g} this toolkit builds")
         if self.core_layers < 1:
             raise ValueError("core_layers must be >= 1: the shared core needs a layer")
         if self.d_model % self.n_heads:
@@ -85,6 +98,13 @@ class DepthScaleConfig:
             if len(self.tokenizer) + 1 > self.vocab_size:
                 raise ValueError(f"vocab_size ({self.vocab_size}) is smaller than the tokenizer "
                                  f"({len(self.tokenizer)} characters + BOS)")
+
+    def estimated_parameters(self) -> int:
+        """Parameters the sizes imply (attention and FFN per layer, the embedding and the head)."""
+        d, kv = self.d_model, self.n_kv_heads * (self.d_model // max(1, self.n_heads))
+        layer = 2 * d * d + 2 * d * kv + 3 * d * self.d_ff
+        layers = self.prelude_layers + self.core_layers + self.cross_layers
+        return layers * layer + (1 if self.tie_embeddings else 2) * self.vocab_size * d + 2 * d * d
 
     @property
     def head_dim(self) -> int:

@@ -34,6 +34,13 @@ def test_contract_fields_and_json_round_trip():
     (dict(bitnet=1), "bitnet"),
     (dict(d_model=36, n_heads=4, n_kv_heads=2), "head dim"),
     (dict(tokenizer="0123", vocab_size=4), "vocab_size"),
+    (dict(rope_theta=float("inf")), "rope_theta must be a finite number"),
+    (dict(norm_eps=float("nan")), "norm_eps must be a finite number"),
+    (dict(max_seq_len=10**8), r"max_seq_len must be <= 1048576"),
+    (dict(core_layers=10**6), r"core_layers must be <= 256"),
+    (dict(d_model=2**64), r"d_model must be <= 32768"),
+    (dict(max_iters=10**9), r"max_iters must be <= 1024"),
+    (dict(d_model=16384, n_heads=128, n_kv_heads=8, d_ff=65536, core_layers=8), "parameters, over the"),
 ])
 def test_impossible_values_raise_naming_the_field(fields, named):
     with pytest.raises(ValueError, match=named):
