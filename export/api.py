@@ -154,6 +154,11 @@ def _check_output(out: Path, source, force: bool) -> None:
             raise BadInput(f"-o {out} would replace the export's own input {source}; choose another directory")
     if where == Path.cwd() or where in Path.cwd().parents:
         raise BadInput(f"-o {out} is the working directory or holds it; choose another directory")
+    parent = where.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write under {parent} (read-only or permission denied)")
     if not out.exists() and not out.is_symlink():
         return
     if not force:
@@ -217,43 +222,47 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     metadata = {"depthscale.max_iters_cap": str(cap), "depthscale.max_seq_len": str(cfg.max_seq_len),
                 "depthscale.precision": opts.precision}
     progress.stage("functions", _passes, graphs, opts.graph_passes, metadata)
-    with staging_dir(out, opts.force) as tmp:
-        files = save_graphs(graphs, tmp)
-        (tmp / "config.json").write_text(cfg.to_json() + "\n")
-        readiness = progress.stage("check", _check, tmp, files)
-        iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
-        tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
-        samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
-        decode_samples = [] if no_decode else make_decode_samples(opts.decode_shapes, [cap], tols)
-        try:
-            parity = progress.stage("parity", _parity, model, tmp, samples, decode_samples, opts)
-        except ort.capi.onnxruntime_pybind11_state.Fail as e:
-            raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
-        tensorrt = progress.stage("engines", _engines, model, tmp, list(files.values()), samples, opts, parity["passed"])
-        passed = parity["passed"] and tensorrt.get("parity", {}).get("passed", True)
-        report = {
-            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
-            "status": "passed" if passed else "failed",
-            "versions": {"depthscale": depthscale.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
-                         "onnx_ir": ir.__version__, "polygraphy": polygraphy.__version__,
-                         "python": platform.python_version()},
-            "opset": opts.opset, "precision": opts.precision,
-            "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
-            "graphs": {name: {"file": files[name], "inputs": [_describe(v) for v in g.graph.inputs],
-                              "outputs": [_describe(v) for v in g.graph.outputs]} for name, g in graphs.items()},
-            "weights": WEIGHTS_FILE,
-            "decode": {"available": no_decode is None} | ({"why": no_decode} if no_decode else {}),
-            "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
-            "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
-            "parity": parity["summary"],
-            "tensorrt_readiness": readiness,
-            "tensorrt": {k: v for k, v in tensorrt.items() if k != "parity"} | (
-                {"parity": {k: v for k, v in tensorrt["parity"].items() if k != "rows"}} if "parity" in tensorrt else {}),
-            "command": opts.command,
-        }
-        report["timings_s"] = dict(progress.timings)
-        progress.stage("write", _write, tmp, parity, report)
+    try:
+        with staging_dir(out, opts.force) as tmp:
+            files = save_graphs(graphs, tmp)
+            (tmp / "config.json").write_text(cfg.to_json() + "\n")
+            readiness = progress.stage("check", _check, tmp, files)
+            iters = opts.iters if opts.iters is not None else sorted({0, 1, min(4, cap), cap})
+            tols = opts.tols if opts.tols is not None else sorted({0.0, cfg.tol})
+            samples = make_samples(opts.shapes, [min(t, cap) for t in iters], tols)
+            decode_samples = [] if no_decode else make_decode_samples(opts.decode_shapes, [cap], tols)
+            try:
+                parity = progress.stage("parity", _parity, model, tmp, samples, decode_samples, opts)
+            except ort.capi.onnxruntime_pybind11_state.Fail as e:
+                raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
+            tensorrt = progress.stage("engines", _engines, model, tmp, list(files.values()), samples, opts, parity["passed"])
+            passed = parity["passed"] and tensorrt.get("parity", {}).get("passed", True)
+            report = {
+                "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
+                "status": "passed" if passed else "failed",
+                "versions": {"depthscale": depthscale.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                             "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
+                             "onnx_ir": ir.__version__, "polygraphy": polygraphy.__version__,
+                             "python": platform.python_version()},
+                "opset": opts.opset, "precision": opts.precision,
+                "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
+                "graphs": {name: {"file": files[name], "inputs": [_describe(v) for v in g.graph.inputs],
+                                  "outputs": [_describe(v) for v in g.graph.outputs]} for name, g in graphs.items()},
+                "weights": WEIGHTS_FILE,
+                "decode": {"available": no_decode is None} | ({"why": no_decode} if no_decode else {}),
+                "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
+                "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
+                "parity": parity["summary"],
+                "tensorrt_readiness": readiness,
+                "tensorrt": {k: v for k, v in tensorrt.items() if k != "parity"} | (
+                    {"parity": {k: v for k, v in tensorrt["parity"].items() if k != "rows"}} if "parity" in tensorrt else {}),
+                "command": opts.command,
+            }
+            report["timings_s"] = dict(progress.timings)
+            progress.stage("write", _write, tmp, parity, report)
+    except OSError as e:              # disk full, read-only, vanished directory: one line, nothing at OUT
+        raise ExportFailed(f"writing the artifact to {out} failed: {e.strerror or e}"
+                           + (f" ({e.filename})" if e.filename else "")) from None
     return report
 
 
