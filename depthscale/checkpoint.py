@@ -165,8 +165,11 @@ def _check_state_dict(model: DepthScaleModel, sd: dict, where: Path) -> None:
         raise CheckpointError(f"{where}: state_dict does not match the config ({'; '.join(parts)})")
     for k, ref in expected.items():
         t = sd[k]
-        if not isinstance(t, torch.Tensor):
-            raise CheckpointError(f"{where}: {k} is a {type(t).__name__}, not a tensor")
+        if type(t) not in (torch.Tensor, torch.nn.Parameter):          # subclasses may override anything
+            raise CheckpointError(f"{where}: {k} is a {type(t).__name__}, not a plain tensor")
+        if t.layout != torch.strided or t.is_meta or t.device.type != "cpu":
+            raise CheckpointError(f"{where}: {k} is a {t.layout} tensor on {t.device}; only dense CPU tensors "
+                                  f"with data are read")
         if tuple(t.shape) != tuple(ref.shape):
             raise CheckpointError(f"{where}: {k} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}")
         if not t.is_floating_point():

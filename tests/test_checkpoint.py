@@ -129,6 +129,14 @@ def test_wrong_shape(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("odd, named", [(lambda w: w.to_sparse(), "sparse_coo tensor"),
+                                         (lambda w: torch.empty(w.shape, device="meta"), "on meta")])
+def test_sparse_and_meta_tensors_are_refused(tmp_path, odd, named):
+    path = edited(tmp_path, lambda o: o["state_dict"].update({"head.weight": odd(o["state_dict"]["head.weight"])}))
+    with pytest.raises(CheckpointError, match=named):
+        load_checkpoint(path)
+
+
 def test_invalid_config(tmp_path):
     path = edited(tmp_path, lambda o: o["config"].update(n_kv_heads=3))
     with pytest.raises(CheckpointError, match="invalid config.*n_heads"):
