@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import pickletools
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -83,7 +84,31 @@ def load_checkpoint(path: str | os.PathLike, loop: str = "auto") -> DepthScaleMo
     return model.eval()
 
 
+def _check_pt_file(path: Path) -> None:
+    """Before torch.load sees it: a regular file (not /dev/zero or a FIFO), a zip archive as torch.save
+    writes (a plain pickle is refused, with why), whose entries are stored (torch.save never compresses,
+    so a compressed entry can only be there to be inflated: a decompression bomb)."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        if _pickle_calls_code(path):
+            raise CheckpointError(f"{path}: refused: the file holds objects that only arbitrary code could build, "
+                                  f"and DepthScale never runs code from a checkpoint")
+        raise CheckpointError(f"{path}: not a DepthScale checkpoint (torch.save writes zip archives; this is not one)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            compressed = [i.filename for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt file ({e})") from None
+    if compressed:
+        raise CheckpointError(f"{path}: refused: compressed entries ({compressed[0]}, ...); torch.save stores "
+                              f"them uncompressed, and DepthScale does not inflate what it did not write")
+
+
 def _read_pt(path: Path) -> tuple[DepthScaleConfig, dict]:
+    _check_pt_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")            # torch's notes on pickle protocols: noise here
@@ -122,7 +147,8 @@ def _pickle_calls_code(path: Path) -> bool:
     """Whether the file is a plain pickle that imports or calls anything (read with pickletools,
     which only lists opcodes and never executes them)."""
     try:
-        return any(opcode.name in _CODE_OPCODES for opcode, _, _ in pickletools.genops(path.read_bytes()))
+        with open(path, "rb") as f:                     # streamed: the file may be large
+            return any(opcode.name in _CODE_OPCODES for opcode, _, _ in pickletools.genops(f))
     except Exception:  # noqa: BLE001 - not a parseable pickle
         return False
 

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import zipfile
 
 import pytest
 import torch
@@ -83,6 +84,22 @@ def test_not_a_checkpoint_file(tmp_path, content):
     f.write_bytes(content)
     with pytest.raises(CheckpointError, match=str(f.name)):
         load_checkpoint(f)
+
+
+def test_special_files_and_compressed_archives_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint("/dev/zero")                       # used to grow until the memory cap
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(fifo)                              # used to hang
+    good = save_checkpoint(small_model(), tmp_path / "m.pt")
+    bomb = tmp_path / "bomb.pt"                            # the same archive, its entries deflated
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CheckpointError, match="refused: compressed entries"):
+        load_checkpoint(bomb)
 
 
 def test_torch_file_that_is_not_a_checkpoint(tmp_path):
