@@ -69,19 +69,26 @@ class Parity(Task):
         return "".join(out)
 
 
+def _digit_pairs(batch: int, n: int, gen: torch.Generator):
+    """Operands a, b as int64 [batch, n] digits (least significant first) with long carry chains (each
+    digit pair sums to 9 with probability 1/2), the digits of a + b (n tensors [batch]) and the final carry."""
+    a = torch.randint(0, 10, (batch, n), generator=gen)
+    nine = torch.rand(batch, n, generator=gen) < 0.5
+    b = torch.where(nine, 9 - a, torch.randint(0, 10, (batch, n), generator=gen))
+    digits, carry = [], torch.zeros(batch, dtype=torch.long)
+    for i in range(n):
+        total = a[:, i] + b[:, i] + carry
+        digits.append(total % 10)
+        carry = total // 10
+    return a, b, digits, carry
+
+
 class Addition(Task):
     name, chars = "addition", "0123456789"
 
     def sample(self, batch, length, gen):
         n = max(1, length // 2)
-        a = torch.randint(0, 10, (batch, n), generator=gen)
-        nine = torch.rand(batch, n, generator=gen) < 0.5        # long carry chains
-        b = torch.where(nine, 9 - a, torch.randint(0, 10, (batch, n), generator=gen))
-        digits, carry = [], torch.zeros(batch, dtype=torch.long)
-        for i in range(n):
-            total = a[:, i] + b[:, i] + carry
-            digits.append(total % 10)
-            carry = total // 10
+        a, b, digits, _ = _digit_pairs(batch, n, gen)
         s = torch.stack(digits, dim=1)
         ids = torch.stack([a, b], dim=2).reshape(batch, 2 * n) + 1
         labels = torch.stack([torch.full_like(s, IGNORE - 1), s], dim=2).reshape(batch, 2 * n) + 1
@@ -118,14 +125,7 @@ class Sum(Task):
 
     def sample(self, batch, length, gen):
         n = self.digits(length)
-        a = torch.randint(0, 10, (batch, n), generator=gen)
-        nine = torch.rand(batch, n, generator=gen) < 0.5        # long carry chains
-        b = torch.where(nine, 9 - a, torch.randint(0, 10, (batch, n), generator=gen))
-        digits, carry = [], torch.zeros(batch, dtype=torch.long)
-        for i in range(n):
-            total = a[:, i] + b[:, i] + carry
-            digits.append(total % 10)
-            carry = total // 10
+        a, b, digits, carry = _digit_pairs(batch, n, gen)
         s = torch.stack(digits + [carry], dim=1)                               # [batch, n + 1]
         plus, equals = torch.full((batch, 1), 10), torch.full((batch, 1), 11)  # '+', '=' (ids 11, 12)
         ids = torch.cat([a, plus, b, equals, s], dim=1) + 1                    # [batch, 3n + 3]
