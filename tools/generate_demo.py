@@ -19,6 +19,7 @@ import random
 import sys
 
 import depthscale_runtime
+from depthscale_runtime import ArtifactError, BackendUnavailableError
 from depthscale_runtime.tokenizer import CharTokenizer
 
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         p.error("digits and prompts must be >= 1, examples >= 0")
     try:
         rt = depthscale_runtime.load(args.artifact, backend="onnxruntime")
-    except Exception as e:                                      # ArtifactError and friends: say what, and stop
+    except (ArtifactError, BackendUnavailableError) as e:       # what the runtime refuses: say what, and stop
         print(f"generate_demo: error: {e}", file=sys.stderr)
         return 2
     cfg = rt.config
