@@ -114,11 +114,6 @@ class Sum(Task):
         return max(1, (length - 3) // 3)
 
     @staticmethod
-    def prompt(a: int, b: int, n: int) -> str:
-        """"a+b=" with a, b as n digits, least significant first."""
-        return f"{a:0{n}d}"[::-1] + "+" + f"{b:0{n}d}"[::-1] + "="
-
-    @staticmethod
     def answer(a: int, b: int, n: int) -> str:
         """The n + 1 digits of a + b, least significant first."""
         return f"{a + b:0{n + 1}d}"[::-1]

@@ -84,6 +84,12 @@ class GenerationResult:
     lengths: np.ndarray         # int64 [B]: tokens generated per row (a stop id included)
 
 
+def pad_global_kv(global_kv: np.ndarray, positions: int) -> np.ndarray:
+    """A prefill's global KV [B, 2, Hkv, n, dh] padded with zeros to the capacity the decode graph is given
+    [B, 2, Hkv, positions, dh] (the slots past each row's length are written by later steps, never read before)."""
+    return np.pad(global_kv, [(0, 0)] * 3 + [(0, positions - global_kv.shape[3]), (0, 0)])
+
+
 def stream(decoder, ids: np.ndarray, lengths: np.ndarray, max_iters: np.ndarray, tol: np.ndarray,
            max_new_tokens: int, sampler: Sampler, stop_ids: set[int], reason_tokens: int) -> Iterator[GenerationStep]:
     """Validated inputs (ids int64 [B, N] right-padded, lengths, max_iters, tol [B]) -> one step per new token."""
@@ -92,8 +98,7 @@ def stream(decoder, ids: np.ndarray, lengths: np.ndarray, max_iters: np.ndarray,
     rows = np.arange(B)
     last, last_iterations = logits[rows, lengths - 1], iterations[rows, lengths - 1]
     capacity = (ids.shape[1] + max_new_tokens) * (1 + reason_tokens)            # positions, every row's fits
-    global_kv = caches[2]
-    caches[2] = np.pad(global_kv, [(0, 0)] * 3 + [(0, capacity - global_kv.shape[3]), (0, 0)])
+    caches[2] = pad_global_kv(caches[2], capacity)
     active, cached = rows, lengths.copy()
     finished = np.zeros(B, dtype=bool)
     for index in range(max_new_tokens):

@@ -19,6 +19,7 @@ import torch
 
 from depthscale import DepthScaleModel
 from depthscale.decode import DecodeCache, decode, prefill
+from depthscale_runtime.generate import pad_global_kv
 
 from ..gate.parity import Sample, Tolerances, budget_feed, per_iteration_check, seeded_ids
 from ..graph.passes import emulate_half, expose_loop_state
@@ -82,7 +83,7 @@ def run_sample(model: DepthScaleModel, decoder: OrtDecoder, sample: DecodeSample
     got_l = [logits[b, :lengths[b]] for b in range(B)]
     got_i = [iterations[b, :lengths[b]] for b in range(B)]
     capacity = (sample.prompt + sample.new) * (1 + R)
-    caches["global_kv"] = np.pad(caches["global_kv"], [(0, 0)] * 3 + [(0, capacity - caches["global_kv"].shape[3]), (0, 0)])
+    caches["global_kv"] = pad_global_kv(caches["global_kv"], capacity)
     failing = []
     prefill_ok = all(np.array_equal(got_i[b], ref_iters[b, :lengths[b]]) and
                      _within(got_l[b], ref_logits[b, :lengths[b]], tol) for b in range(B))

@@ -13,6 +13,7 @@ import torch
 
 from depthscale.decode import DecodeCache, decode, prefill
 from depthscale.tasks import get_task
+from depthscale_runtime.generate import pad_global_kv
 
 from .runners import EagerRun, OrtRun, runtime, seeded_ids
 from .timing import interleaved
@@ -28,11 +29,6 @@ def ort_prefill(rt, ids: np.ndarray, max_iters: int, tol: float):
     """The runtime's prefill graph over a full-length batch: (logits, iterations, [prelude, core, global_kv])."""
     batch, n = ids.shape
     return rt._decoder().prefill(ids, np.full(batch, n, np.int64), *_budgets(batch, max_iters, tol))
-
-
-def pad_capacity(global_kv: np.ndarray, positions: int) -> np.ndarray:
-    """The prefill's global KV [B, 2, Hkv, n, dh] padded to `positions` (as depthscale_runtime.generate does)."""
-    return np.pad(global_kv, [(0, 0)] * 3 + [(0, positions - global_kv.shape[3]), (0, 0)])
 
 
 def cache_bytes(caches) -> dict:
@@ -134,7 +130,7 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
     # the runtime creates its prefill and decode sessions on first use: not inside a timed prefill
     warm = seeded_ids(vocab_size, 1, 4)
     _, _, caches = ort_prefill(rt, warm[:, :3], 1, 0.0)
-    caches[2] = pad_capacity(caches[2], 4)
+    caches[2] = pad_global_kv(caches[2], 4)
     OrtDecodeStep(rt, warm, 3, caches, 1, 0.0)()
     rows = []
     k = plan.decode_warmup + plan.decode_steps
@@ -143,7 +139,7 @@ def speed(rt, model, vocab_size: int, plan, log) -> list[dict]:
         start = time.perf_counter()
         _, _, prefilled = ort_prefill(rt, one[:, :n - k], T, 0.0)
         prefill_s = time.perf_counter() - start
-        prefilled[2] = pad_capacity(prefilled[2], n)
+        prefilled[2] = pad_global_kv(prefilled[2], n)
         for batch in plan.decode_batches:
             ids = np.repeat(one, batch, 0)
             caches = [np.repeat(c, batch, 0) for c in prefilled]
@@ -235,7 +231,7 @@ def iterations(label: str, rt, ids: np.ndarray, prompt: int, max_iters: int, tol
     steps' exit iterations with the whole forward's over the same positions (ORT, tol `tol`)."""
     batch, total = ids.shape
     _, _, caches = ort_prefill(rt, ids[:, :prompt], max_iters, tol)
-    caches[2] = pad_capacity(caches[2], total)
+    caches[2] = pad_global_kv(caches[2], total)
     step = OrtDecodeStep(rt, ids, prompt, caches, max_iters, tol)
     for _ in range(total - prompt):
         step()
