@@ -36,6 +36,8 @@ from .rope import apply_rope, rope_tables
 from .window_attention import cached_attention, window_attention
 
 
+ACTIVE_CROSSOVER = (4, 5)  # the active-set step runs once at most 4/5 of the positions are running
+ACTIVE_SUB_BLOCKS = 4   # the active set's attention: a window spans this many query blocks
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NO_CAP = 1 << 62            # max_iters of a row without a cap (the step API: the caller decides when to stop)
 
@@ -96,6 +98,34 @@ class WindowSelfAttention(nn.Module):
                                  past.q_start, past.k_start, self.window)
         return self.out(o.transpose(1, 2).reshape(B, n, self.h * self.dh))
 
+    def attend_active(self, queries, memory, active: ActiveSet) -> torch.Tensor:
+        """Queries of the active tokens (q [1, H, M, dh]) over the whole memory (k, v, each [B, Hkv, n, dh])
+        -> [1, M, d]. By blocks, as the dense window_attention: positions in blocks of b queries; each block
+        holding an active token attends to its own and the R blocks before it (its queries in place, zeros
+        for done tokens, whose results are dropped), so the keys are gathered (R + 1)-fold, not W-fold."""
+        (q,), (k, v) = queries, memory
+        B, _, n, _ = k.shape
+        W = min(self.window, n)                                                    # keys further back do not exist
+        b = ceil_div(W, ACTIVE_SUB_BLOCKS)                                         # queries per block
+        R = ceil_div(W - 1, b)                                                     # key blocks before a query block
+        nb = ceil_div(n, b)
+        ids, slot = active.blocks(b)                                               # [Mb] blocks; [M] row of each token
+        row = torch.div(ids, nb, rounding_mode="floor")                           # [Mb] each block's row
+        first = (ids - row * nb) * b                                               # [Mb] its first position
+        qgrid = zeros(q, B * nb * b, self.h, self.dh).index_put((active.row * (nb * b) + active.pos,),
+                                                                 q[0].transpose(0, 1))
+        qb = qgrid.reshape(B * nb, b, self.h, self.dh)[ids].transpose(1, 2)      # [Mb, H, b, dh]
+        key_blocks = (ids + row * R)[:, None] + torch.arange(R + 1, device=q.device)   # [Mb, R + 1], R front blocks
+
+        def blocks_of(item):                                                       # -> [Mb, Hkv, (R + 1)·b, dh]
+            padded = F.pad(item, (0, 0, R * b, nb * b - n)).reshape(B, self.h_kv, nb + R, b, self.dh)
+            gathered = padded.transpose(1, 2).reshape(B * (nb + R), self.h_kv, b, self.dh)[key_blocks]
+            return gathered.transpose(1, 2).reshape(-1, self.h_kv, (R + 1) * b, self.dh)
+
+        o = cached_attention(qb, blocks_of(k), blocks_of(v), first, first - R * b, self.window)   # [Mb, H, b, dh]
+        o = o.transpose(1, 2).reshape(-1, self.h * self.dh)[slot]                  # [M, H·dh]
+        return self.out(o[None])
+
     def empty_memory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero memory for the positions of x [B, n, d]: (k, v), each [B, Hkv, n, dh]."""
         B, n, _ = x.shape
@@ -121,6 +151,54 @@ def _token_mask(done: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
     return done.view(done.shape[0], 1, done.shape[1], *([1] * (item.dim() - 3)))
 
 
+def ceil_div(a, b):
+    """⌈a / b⌉ for a >= 0, b > 0 (ints or the sizes torch.export traces: -(-a // b) would become a
+    truncating ONNX Div of a negative number)."""
+    return (a + b - 1) // b
+
+
+@dataclass
+class ActiveSet:
+    """The tokens still running in a step, of a [B, n] grid: flat int64 [M] (b·n + p), row b and position p;
+    done, the grid's bool [B, n]."""
+    flat: torch.Tensor
+    row: torch.Tensor
+    pos: torch.Tensor
+    done: torch.Tensor
+
+    @classmethod
+    def of(cls, done: torch.Tensor) -> "ActiveSet":
+        """done bool [B, n] -> the positions not done (row-major order)."""
+        n = done.shape[1]
+        flat = torch.nonzero(~done.reshape(-1)).squeeze(1)
+        row = torch.div(flat, n, rounding_mode="floor")
+        return cls(flat, row, flat - row * n, done)
+
+    def blocks(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions in blocks of b (the last one padded, as done): the blocks holding an active token, as
+        int64 [Mb] ids (row · nb + block, ascending), and each active token's row in the [Mb · b] positions
+        of those blocks, int64 [M]."""
+        B, n = self.done.shape
+        nb = ceil_div(n, b)
+        running = ~F.pad(self.done, (0, nb * b - n), value=True).reshape(B * nb, b).all(-1)   # [B · nb]
+        ids = torch.nonzero(running).squeeze(1)
+        rank = torch.cumsum(running.to(torch.int64), 0) - 1                        # block id -> its index in ids
+        block = self.row * nb + torch.div(self.pos, b, rounding_mode="floor")
+        return ids, rank[block] * b + (self.pos - torch.div(self.pos, b, rounding_mode="floor") * b)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, n, ...] -> its active tokens [M, ...]."""
+        return x.reshape(-1, *x.shape[2:])[self.flat]
+
+    def scatter(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """x [B, n, ...] with its active tokens replaced by values [M, ...] (a new tensor)."""
+        return x.reshape(-1, *x.shape[2:]).index_put((self.flat,), values).reshape(x.shape)
+
+    def scatter_memory(self, item: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A memory item [B, heads, n, dh] with the active tokens' entries replaced by values [M, heads, dh]."""
+        return item.transpose(1, 2).index_put((self.row, self.pos), values).transpose(1, 2)
+
+
 class Block(nn.Module):
     """Pre-norm layer: x += mixer(norm(x)); x += FFN(norm(x))."""
 
@@ -142,6 +220,16 @@ class Block(nn.Module):
         if frozen is not None:
             memory = tuple(torch.where(_token_mask(done, m), f, m) for f, m in zip(frozen, memory))
         x = x + self.mixer.attend(queries, memory, past)
+        return x + self.ffn(self.norm2(x)), memory
+
+    def forward_active(self, x: torch.Tensor, rope, memory, active: ActiveSet
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The same layer over the active tokens only: x [1, M, d] (the tokens of `active`), rope tables
+        at their positions [M, dh/2]; memory: the layer's (k, v), each [B, Hkv, n, dh], where done tokens
+        hold their frozen entries. Returns (x [1, M, d], the memory with the active tokens' fresh entries)."""
+        queries, fresh = self.mixer.project(self.norm1(x), rope)                 # k, v [1, Hkv, M, dh]
+        memory = tuple(active.scatter_memory(m, f[0].transpose(0, 1)) for m, f in zip(memory, fresh))
+        x = x + self.mixer.attend_active(queries, memory, active)
         return x + self.ffn(self.norm2(x)), memory
 
 
@@ -214,6 +302,10 @@ class DepthScaleModel(nn.Module):
             raise ValueError(f"loop must be 'auto', 'python' or 'while', got {loop!r}")
         self.config = cfg = config
         self.loop = loop
+        # compute only the tokens still running (ActiveSet); the dense step where that is not exact:
+        # retention carries a state along positions, float linears sum in a row-count-dependent order
+        self.active_set = cfg.mixer == "window" and cfg.bitnet
+        self.active_crossover = ACTIVE_CROSSOVER     # (num, den): active-set steps once num/den or fewer run
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         nn.init.normal_(self.embed.weight, std=1.0)
         self.reason = nn.Parameter(torch.randn(cfg.reason_tokens, cfg.d_model)) if cfg.reason_tokens else None
@@ -324,8 +416,8 @@ class DepthScaleModel(nn.Module):
             state = replace(state, tol=per_row(tol, state.s.shape[0], torch.float32, state.s.device))
         t = state.t + 1
         s, done, iterations, delta, memory = self._core_step(
-            state.e, state.s, state.done, state.iterations, state.memory, t, state.tol, state.max_iters,
-            state.rope, past)
+            state.e, state.s, state.done, state.iterations, state.delta, state.memory, t, state.tol,
+            state.max_iters, state.rope, past)
         return replace(state, s=s, done=done, iterations=iterations, delta=delta, memory=memory, t=t)
 
     def finish(self, state: RecurrentState) -> DepthScaleOutput:
@@ -333,24 +425,71 @@ class DepthScaleModel(nn.Module):
         k, v = self.global_kv(state.s, state.rope)
         return self.decode_out(state.s, k, v, state.rope, state.iterations)
 
-    def _core_step(self, e, s, done, iterations, memory, t, tol, max_iters, rope, past=None):
+    def _core_step(self, e, s, done, iterations, delta, memory, t, tol, max_iters, rope, past=None, sparse=None):
         """The body of the recursion, shared by step() and the while_loop. t: int or int64 [] tensor;
         tol float32 [B], max_iters int64 [B]. past: None (the whole sequence), or the decode cache
-        (see _past_at). Returns fresh tensors s, done, iterations, delta and the memory used."""
+        (see _past_at). Returns fresh tensors s, done, iterations, delta and the memory used; a done
+        token's s, iterations, delta and memory are unchanged.
+
+        Over the active tokens only (_core_step_active) where the model skips done tokens and few enough
+        tokens still run (sparse=None: decided from done; True / False: the caller decided); else dense."""
+        if self._skips(past, rope) and (bool(self._sparse(done)) if sparse is None else sparse):
+            return self._core_step_active(e, s, done, iterations, delta, memory, t, tol, max_iters, rope)
+        return self._core_step_dense(e, s, done, iterations, delta, memory, t, tol, max_iters, rope, past)
+
+    def _skips(self, past, rope) -> bool:
+        """Whether this pass can skip done tokens: a whole-sequence pass of a model computed by active set."""
+        return self.active_set and past is None and rope[0].dim() == 2
+
+    def _sparse(self, done: torch.Tensor) -> torch.Tensor:
+        """bool []: few enough tokens still run (at most active_crossover of the positions) that the
+        active-set step is the faster one."""
+        num, den = self.active_crossover
+        return (~done).sum() * den <= done.numel() * num
+
+    def _core_step_dense(self, e, s, done, iterations, delta, memory, t, tol, max_iters, rope, past=None):
+        """_core_step over every position (done ones' results discarded)."""
         u = self.inject(torch.cat([self.inject_norm(s), e], dim=-1))               # [B, n, d]
         used = []
         for i, (block, frozen) in enumerate(zip(self.core, memory)):
             u, layer_memory = block(u, rope, frozen, done, None if past is None else past(i, t))
             used.append(layer_memory)
         s_new = self.core_norm(u)
+        delta_new = self._delta(s_new, s)                                          # [B, n]
+        stops = self._stops(delta_new, t, tol[:, None], max_iters[:, None])
+        return (torch.where(done[..., None], s, s_new), done | stops, torch.where(done, iterations, t),
+                torch.where(done, delta, delta_new), tuple(used))
+
+    def _core_step_active(self, e, s, done, iterations, delta, memory, t, tol, max_iters, rope):
+        """_core_step over the M tokens still running: gathered [M, d], through the core layers (each
+        reading its whole memory, where done tokens hold their frozen K/V), scattered back. The same
+        results as the dense step, bit for bit: every op is per token (BitLinear quantises per token and
+        its integer products are exact; RMSNorm sums in a fixed order), and attention runs in float64."""
+        active = ActiveSet.of(done)
+        s_a = active.gather(s)                                                     # [M, d]
+        rope_a = (rope[0][active.pos], rope[1][active.pos])                        # [M, dh/2]
+        u = self.inject(torch.cat([self.inject_norm(s_a), active.gather(e)], dim=-1))[None]   # [1, M, d]
+        used = []
+        for block, layer_memory in zip(self.core, memory):
+            u, layer_memory = block.forward_active(u, rope_a, layer_memory, active)
+            used.append(layer_memory)
+        s_new = self.core_norm(u[0])                                               # [M, d]
+        delta_new = self._delta(s_new, s_a)                                        # [M]
+        stops = self._stops(delta_new, t, tol[active.row], max_iters[active.row])
+        return (active.scatter(s, s_new), active.scatter(done, stops),
+                active.scatter(iterations, torch.zeros_like(active.flat) + t), active.scatter(delta, delta_new),
+                tuple(used))
+
+    def _delta(self, s_new: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """δ = |s_new - s| / (|s_new| + eps) per token: [..., d] -> [...] (fixed-order sums, exact sqrt)."""
         diff = s_new - s
-        delta = (exact_sqrt(tree_sum(diff * diff)) / (
-            exact_sqrt(tree_sum(s_new * s_new)) + self.config.norm_eps)).squeeze(-1)  # [B, n]
-        s_next = torch.where(done[..., None], s, s_new)
-        exits = (t >= self.config.min_iters) & (delta < tol[:, None])
-        capped = (t >= max_iters)[:, None]
-        iterations = torch.where(done, iterations, t)
-        return s_next, done | exits | capped, iterations, delta, tuple(used)
+        return (exact_sqrt(tree_sum(diff * diff)) / (
+            exact_sqrt(tree_sum(s_new * s_new)) + self.config.norm_eps)).squeeze(-1)
+
+    def _stops(self, delta: torch.Tensor, t, tol: torch.Tensor, max_iters: torch.Tensor) -> torch.Tensor:
+        """Which tokens are done after step t: converged (δ < tol, from min_iters on) or at their row's cap.
+        tol, max_iters: per token, or broadcastable to delta."""
+        return ((t >= self.config.min_iters) & (delta < tol)) | (t >= max_iters)
 
     # ---- whole passes ----------------------------------------------------------------------------
 
@@ -397,7 +536,8 @@ class DepthScaleModel(nn.Module):
         return self._recur_python(state, until=until)
 
     def _recur_while(self, state: RecurrentState, past=None, record=None):
-        """The same recursion as one torch while_loop (one ONNX Loop on export).
+        """The same recursion as torch while_loops (ONNX Loops on export): one, or where the pass skips done
+        tokens two, a dense one while more than active_crossover of the positions run, then an active-set one.
 
         record: a Recorder that keeps each iteration's memory of some positions (the decode cache's);
         its tensors are carried through the loop."""
@@ -410,23 +550,34 @@ class DepthScaleModel(nn.Module):
             it = iter(flat)
             return tuple(tuple(next(it) for _ in range(k)) for k in shapes)
 
-        def cond(t, s, done, iterations, delta, *rest):
-            return (t < trip) & ~done.all()
+        def loop(carried, sparse: bool, dense_while=None):
+            """One while_loop of steps, all active-set (sparse) or all dense; dense_while: a condition on
+            done that also has to hold for the next step."""
+            def cond(t, s, done, iterations, delta, *rest):
+                go = (t < trip) & ~done.all()
+                return go if dense_while is None else go & dense_while(done)
 
-        def body(t, s, done, iterations, delta, *rest):
-            memory, recs = unflatten(rest[:sum(shapes)]), rest[sum(shapes):]
-            t = t + 1
-            s, done, iterations, delta, memory = self._core_step(e, s, done, iterations, memory, t, tol,
-                                                                  max_iters, rope, past)
-            flat = [m for layer in memory for m in layer]
-            if record is not None:
-                recs = record.write(recs, memory, t)
-            return (t, s, done, iterations, delta, *flat, *recs)
+            def body(t, s, done, iterations, delta, *rest):
+                memory, recs = unflatten(rest[:sum(shapes)]), rest[sum(shapes):]
+                t = t + 1
+                s, done, iterations, delta, memory = self._core_step(e, s, done, iterations, delta, memory, t,
+                                                                      tol, max_iters, rope, past, sparse)
+                flat = [m for layer in memory for m in layer]
+                if record is not None:
+                    recs = record.write(recs, memory, t)
+                return (t, s, done, iterations, delta, *flat, *recs)
+
+            return tuple(while_loop(cond, body, carried))
 
         t0 = torch.zeros((), dtype=torch.int64, device=state.s.device)
         flat = [m for layer in state.memory for m in layer]
-        t, s, done, iterations, delta, *rest = while_loop(
-            cond, body, (t0, state.s, state.done, state.iterations, state.delta, *flat, *records))
+        carried = (t0, state.s, state.done, state.iterations, state.delta, *flat, *records)
+        if self._skips(past, rope):
+            # dense while most tokens run, then active-set: done tokens stay done, so the switch is once
+            carried = loop(loop(carried, False, lambda done: ~self._sparse(done)), True)
+        else:
+            carried = loop(carried, False)
+        t, s, done, iterations, delta, *rest = carried
         memory = unflatten(rest[:sum(shapes)])
         state = replace(state, s=s, done=done, iterations=iterations, delta=delta, memory=memory, t=t)
         return state if record is None else (state, record.finish(tuple(rest[sum(shapes):]), memory, t))
