@@ -92,6 +92,7 @@ class ExportOptions:
     graph_passes: list[Callable[[ir.Model], None]] = field(default_factory=list)
     decode: bool = True                                  # prefill and decode graphs (where the model decodes incrementally)
     engines: bool = True                                 # build TensorRT engines where a flavor can build here
+    active_set: bool = True                              # skip done tokens (where exact); False: the dense Loop only
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
     rtx_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))   # TensorRT-RTX: sm86, ...
     command: str | None = None                           # recorded in the manifest
@@ -200,6 +201,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     model = progress.stage("load", _load, source)
     cfg = model.config
     model.packed().to_precision(opts.precision)
+    recursion = _recursion(model, opts.active_set)
     cap = cfg.max_iters if opts.max_iters_cap is None else opts.max_iters_cap
     if not 0 <= cap <= LIMITS["max_iters"]:
         raise BadInput(f"max_iters cap must be in [0, {LIMITS['max_iters']}], got {cap}")
@@ -250,7 +252,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
                                   "outputs": [_describe(v) for v in g.graph.outputs]} for name, g in graphs.items()},
                 "weights": WEIGHTS_FILE,
                 "decode": {"available": no_decode is None} | ({"why": no_decode} if no_decode else {}),
-                "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap,
+                "max_seq_len": cfg.max_seq_len, "max_iters_cap": cap, "recursion": recursion,
                 "defaults": {"max_iters": min(cfg.max_iters, cap), "tol": cfg.tol},
                 "parity": parity["summary"],
                 "tensorrt_readiness": readiness,
@@ -264,6 +266,20 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         raise ExportFailed(f"writing the artifact to {out} failed: {e.strerror or e}"
                            + (f" ({e.filename})" if e.filename else "")) from None
     return report
+
+
+def _recursion(model: DepthScaleModel, active_set: bool) -> dict:
+    """Whether the exported recursion skips done tokens (model.active_set, turned off when not asked for),
+    as the manifest records it: from which running fraction on, or why not."""
+    if not active_set:
+        model.active_set = False
+        return {"active_set": False, "why": "not asked for (active_set=False, --dense-loop)"}
+    if not model.active_set:
+        why = ("the retention mixer carries a state along positions" if model.config.mixer != "window" else
+               "float (non-BitNet) linears sum in an order that depends on the row count")
+        return {"active_set": False, "why": why}
+    num, den = model.active_crossover
+    return {"active_set": True, "crossover": num / den}
 
 
 def _engines(model: DepthScaleModel, artifact: Path, graphs: list[str], samples: list[Sample], opts: ExportOptions,

@@ -126,7 +126,7 @@ def validate(manifest) -> dict:
         raise UnsupportedFormatError(f"format_version {manifest.get('format_version')!r} is not supported; this "
                                      f"runtime reads {ARTIFACT_FORMAT_VERSION} (re-export the model)")
     known = {"format", "format_version", "status", "versions", "opset", "precision", "custom_domain", "graphs",
-             "weights", "decode", "max_seq_len", "max_iters_cap", "defaults", "parity", "tensorrt_readiness",
+             "weights", "decode", "max_seq_len", "max_iters_cap", "recursion", "defaults", "parity", "tensorrt_readiness",
              "tensorrt", "command", "timings_s", "files"}
     unknown = sorted(set(manifest) - known)
     if unknown:
@@ -142,6 +142,14 @@ def validate(manifest) -> dict:
     integer(domain, "version", 1, 1, "custom_domain.")
     cap = integer(manifest, "max_iters_cap", 0, MAX_ITERS_CAP)
     integer(manifest, "max_seq_len", 1, MAX_SEQ_LEN)
+    recursion = mapping(manifest, "recursion", optional=True)       # informational (older artifacts lack it)
+    if recursion is not None:
+        if not isinstance(recursion.get("active_set"), bool):
+            _fail("recursion.active_set", "true or false", recursion.get("active_set"))
+        if recursion["active_set"]:
+            number(recursion, "crossover", 0.0, 1.0, "recursion.")
+        else:
+            string(recursion, "why", "recursion.", max_len=1000)
     defaults = mapping(manifest, "defaults")
     integer(defaults, "max_iters", 0, cap, "defaults.")
     number(defaults, "tol", 0.0, 3.0e38, "defaults.")

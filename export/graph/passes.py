@@ -75,9 +75,10 @@ def rename_dims(model: ir.Model, names: dict[str, str]) -> None:
 
 
 def expose_loop_state(model: ir.Model, name: str = "state") -> None:
-    """Add the recursion's final hidden state s_T (the Loop's first float carried output), as float32,
-    as a graph output. For the per-iteration parity check: run with max_iters = t to read s_t."""
-    (loop,) = [n for n in model.graph if n.op_type == "Loop"]
+    """Add the recursion's final hidden state s_T (the last Loop's first float carried output: the
+    recursion is one Loop, or a dense then an active-set one), as float32, as a graph output. For the
+    per-iteration parity check: run with max_iters = t to read s_t."""
+    loop = [n for n in model.graph if n.op_type == "Loop"][-1]
     floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
     carried = [v for v in loop.outputs if v.dtype in floats and v.shape is not None
                and len(v.shape) == 3]
