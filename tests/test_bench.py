@@ -88,17 +88,25 @@ def test_size_figures(quick):
 
 def test_early_exit_and_targets(quick):
     _, results, _ = quick
-    rows = results["early_exit"]["rows"]
+    e = results["early_exit"]
+    (run,) = e["runs"]                                                        # quick: the parity demo, its own length
+    rows = run["rows"]
     assert [r["tol"] for r in rows] == list(results["plan"]["early_exit_tols"])
-    assert rows[0]["tol"] == 0 and rows[0]["mean_exit_iteration"] == results["early_exit"]["max_iters"]
+    assert rows[0]["tol"] == 0 and rows[0]["mean_exit_iteration"] == run["max_iters"]
     iters = [r["mean_exit_iteration"] for r in rows]
     assert iters == sorted(iters, reverse=True) and iters[-1] < iters[0]     # a looser tol exits earlier
-    assert rows[0]["accuracy"] == 1.0                                         # the demo at full depth
+    assert rows[0]["accuracy"] == 1.0 and rows[0]["agreement_with_full_depth"] == 1.0   # the demo at full depth
+    assert all(r["loops_identical"] for r in rows)                            # dense and active-set: the same bits
+    for r in rows:
+        assert set(r["by_batch"]) == {str(b) for b in results["plan"]["early_exit_batches"]}
+        assert all(t["dense_ms"] > 0 and t["active_ms"] > 0 for t in r["by_batch"].values())
+    assert e["target"]["agreement"] >= 0.99 and e["target"]["speedup_over_tol0"] > 0
     targets = results["targets"]
     assert [t["target"] for t in targets] == ["ORT speed-up over eager", "sequence slope, window attention",
                                               "ORT peak RSS ratio across T", "bits per packed BitLinear weight",
                                               "decode step speed-up over recomputing", "self-decoder cache bytes across N",
-                                              "decode iterations against the whole forward's"]
+                                              "decode iterations against the whole forward's",
+                                              "early-exit speed-up over tol 0", "active-set time at tol 0 over the dense loop's"]
     assert all(isinstance(t["figure"], float) and isinstance(t["met"], bool) for t in targets)
 
 

@@ -27,7 +27,7 @@ import onnxruntime
 import torch
 
 import depthscale
-from depthscale import DepthScaleModel, demo_checkpoint
+from depthscale import DepthScaleModel, demo_checkpoint, load_checkpoint
 from depthscale.atomic_dir import staging_dir
 from depthscale_runtime.interrupt import interruptible
 
@@ -115,6 +115,20 @@ class Subjects:
         return self._made(self.ws.artifact("demo", demo_checkpoint(), max(*self.plan.iters, self.demo.config.max_iters)))
 
     @cached_property
+    def early_exit_models(self):
+        """[(label, config, {loop: Exported})] of the plan's trained demos (early_exit.graphs)."""
+        models = []
+        for task in self.plan.early_exit_models:
+            model = self.demo if task == "parity" else load_checkpoint(demo_checkpoint(task))
+            made = {"active": self.demo_art} if task == "parity" else {}
+            onnx = early_exit.graphs(self.ws, f"demo-{task}", model, self.plan.early_exit_loops, made)
+            for loop, e in onnx.items():
+                if loop not in made:
+                    self._made(e)
+            models.append((f"demo-{task}", model.config, onnx))
+        return models
+
+    @cached_property
     def ref_packed(self):
         return copy.deepcopy(self.ref).packed()
 
@@ -133,7 +147,7 @@ SECTIONS = {
     "sequence": lambda s, plan, tmp, log: sequence.run(s.ref_art.path, s.full_art.path, s.ref.config.vocab_size, plan, log),
     "unrolled": lambda s, plan, tmp, log: unrolled.run(s.loop_onnx, s.unrolled_onnx, plan.unroll_steps,
                                                        s.ref.config.vocab_size, plan, log),
-    "early_exit": lambda s, plan, tmp, log: early_exit.run(s.demo_art.path, s.demo.config, plan, log),
+    "early_exit": lambda s, plan, tmp, log: early_exit.run(s.early_exit_models, plan, log),
     "decode": lambda s, plan, tmp, log: decode.run(
         s.ref_decode.path, {plan.size_caps[0]: s.ref_small.path, plan.decode_cap: s.ref_decode.path, s.cap: s.ref_art.path},
         s.ref_packed, s.demo_art.path, s.demo.config, plan, log),

@@ -264,7 +264,7 @@ def run(ref_decode_artifact, ref_artifacts: dict, ref_packed, demo_artifact, dem
     rows = [iterations("reference", rt, ids, prompt, rt.artifact.max_iters_cap, cfg.tol if tol is None else tol, log)
             for tol in plan.decode_iter_tols]
     task = get_task(demo_config.task)
-    data = task.sample(plan.early_exit_batch, plan.early_exit_length, torch.Generator().manual_seed(1234)).ids.numpy()
+    data = task.sample(plan.early_exit_examples, plan.early_exit_length, torch.Generator().manual_seed(1234)).ids.numpy()
     rows.append(iterations("demo", runtime(demo_artifact, 1), data, data.shape[1] // 2, demo_config.max_iters,
                            demo_config.tol, log))
     result["iterations"] = rows

@@ -1,45 +1,116 @@
-"""f. Early exit: mean exit iteration, task accuracy and latency per request against tol, on the demo
-model's task (ONNX Runtime, through depthscale_runtime)."""
+"""f. Early exit: accuracy, agreement with the full-depth output, mean exit iteration and latency against
+tol, on trained models (random weights do not converge meaningfully), with the recursion computed densely
+(every position every iteration) and by active set (the export's default: dense while more than the
+crossover fraction of positions run, then only the running tokens), side by side in one run.
+
+Each model's graphs are model.onnx files of one packed model: the gated demo artifact's for the default
+("active"), bench-only exports for the others (no parity gate: the section checks that the loops' outputs
+are identical); "active-only" takes the active-set step from the first iteration,
+which locates the crossover: the running fraction below which the active-set step is the faster one."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 
+from depthscale.model import ACTIVE_CROSSOVER
 from depthscale.tasks import IGNORE, get_task
 
-from .runners import runtime
+from .runners import forward_feed, session
 from .timing import interleaved
 
+LOOPS = ("dense", "active", "active-only")
 
-def run(demo_artifact, config, plan, log) -> dict:
-    """config: the demo's DepthScaleConfig; T = its max_iters; a seeded batch of the task it was
-    trained on (plan.early_exit_batch examples of plan.early_exit_length characters)."""
-    task = get_task(config.task)
-    data = task.sample(plan.early_exit_batch, plan.early_exit_length, torch.Generator().manual_seed(1234))
-    ids, labels = data.ids.numpy(), data.labels.numpy()
-    mask = labels != IGNORE
-    T = config.max_iters
-    rt = runtime(demo_artifact, 1)
-    # The Loop stops when every token of the batch is done, and a done token still costs its share of
-    # each iteration, so time is measured where early exit can pay: requests of one example each.
-    singles = ids[:plan.early_exit_singles]
-    one_by_one = {str(tol): (lambda tol=tol: [rt.run(x[None], T, tol) for x in singles]) for tol in plan.early_exit_tols}
-    times = interleaved(one_by_one, reps=plan.reps, budget_s=plan.budget_s)
-    rows = []
-    for tol in plan.early_exit_tols:
-        out = rt.run(ids, T, tol)
-        single_iters = np.array([rt.run(x[None], T, tol).iterations.max() for x in singles])
-        rows.append({"tol": tol, "accuracy": float((out.logits.argmax(-1)[mask] == labels[mask]).mean()),
-                     "mean_exit_iteration": float(out.iterations[mask].mean()),
-                     "max_exit_iteration": int(out.iterations[mask].max()),
-                     "mean_loop_iterations_per_request": float(single_iters.mean()),
-                     "latency_per_request_s": times[str(tol)]["median_s"] / len(singles)})
-        log(f"early exit tol {tol:g}: accuracy {rows[-1]['accuracy']:.4f}, mean exit iteration "
-            f"{rows[-1]['mean_exit_iteration']:.2f} of {T}, {rows[-1]['latency_per_request_s'] * 1e3:.2f} ms per request")
-    base = next(r for r in rows if r["tol"] == 0.0)
-    for r in rows:
-        r["speedup_over_tol0"] = base["latency_per_request_s"] / r["latency_per_request_s"]
-    return {"task": task.name, "max_iters": T, "batch": int(ids.shape[0]), "seq": int(ids.shape[1]),
-            "labelled_positions": int(mask.sum()), "requests_timed": len(singles), "threads": 1,
-            "backend": "onnxruntime", "rows": rows}
+
+def graphs(ws, label: str, model, loops, made: dict) -> dict:
+    """model.onnx of `model` (T cap = its max_iters, torch.onnx's optimizer on, as an artifact's) per loop
+    kind: {loop: Exported}; made: the loops whose graph exists already (the default artifact's, "active")."""
+    out = dict(made)
+    for loop in (loop for loop in loops if loop not in made):
+        variant = copy.deepcopy(model)
+        variant.active_set = loop != "dense"
+        variant.active_crossover = (1, 1) if loop == "active-only" else ACTIVE_CROSSOVER
+        out[loop] = ws.graph(f"{label}-{loop}", variant, model.config.max_iters, unroll=False, optimize=True)
+    return out
+
+
+def run(models: list, plan, log) -> dict:
+    """models: [(label, config, {loop: Exported})], each a trained model and its graphs (T cap =
+    config.max_iters). For every length (the task's own, and plan.early_exit_long where the model's
+    max_seq_len allows), tol and batch: accuracy and top-1 agreement with tol 0 (T full iterations) over
+    plan.early_exit_examples seeded examples, then every loop timed on the first `batch` of them."""
+    results = []
+    for label, config, onnx in models:
+        task = get_task(config.task)
+        T = config.max_iters
+        sessions = {loop: session(e.onnx_path, 1) for loop, e in onnx.items()}
+        lengths = [plan.early_exit_length] + [n for n in plan.early_exit_long if n + 1 <= config.max_seq_len]
+        for length in lengths:
+            data = task.sample(plan.early_exit_examples, length, torch.Generator().manual_seed(1234))
+            ids, labels = data.ids.numpy(), data.labels.numpy()
+            mask = labels != IGNORE
+            full = sessions["dense"].run(None, forward_feed(ids, T, 0.0))[0].argmax(-1)
+            rows = []
+            for tol in plan.early_exit_tols:
+                outs = {loop: s.run(None, forward_feed(ids, T, tol)) for loop, s in sessions.items()}
+                logits, iterations = outs["dense"]
+                same = all(np.array_equal(o[0], logits) and np.array_equal(o[1], iterations) for o in outs.values())
+                top1 = logits.argmax(-1)
+                row = {"tol": tol, "accuracy": float((top1[mask] == labels[mask]).mean()),
+                       "agreement_with_full_depth": float((top1[mask] == full[mask]).mean()),
+                       "mean_exit_iteration": float(iterations.mean()),
+                       "running_fraction": float(iterations.mean() / T) if T else 0.0,
+                       "loops_identical": same, "by_batch": {}}
+                for batch in plan.early_exit_batches:
+                    x = ids[:batch]
+                    calls = {loop: (lambda s=s: s.run(None, forward_feed(x, T, tol))) for loop, s in sessions.items()}
+                    t = interleaved(calls, reps=plan.reps, budget_s=plan.budget_s)
+                    row["by_batch"][str(batch)] = {f"{loop}_ms": t[loop]["median_s"] * 1e3 for loop in sessions}
+                rows.append(row)
+                b = str(plan.early_exit_batches[-1])
+                log(f"early exit {label} len {length + 1} tol {tol:g}: accuracy {row['accuracy']:.4f}, agreement "
+                    f"{row['agreement_with_full_depth']:.4f}, mean exit {row['mean_exit_iteration']:.2f} of {T}; batch {b}: "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in row["by_batch"][b].items()))
+            for row in rows:
+                for batch, times in row["by_batch"].items():
+                    base = next(r for r in rows if r["tol"] == 0.0)["by_batch"][batch]
+                    times["active_speedup_over_dense_tol0"] = base["dense_ms"] / times["active_ms"]
+            results.append({"model": label, "task": task.name, "seq": length + 1, "max_iters": T,
+                            "examples": int(ids.shape[0]), "labelled_positions": int(mask.sum()), "rows": rows})
+    return {"threads": 1, "backend": "onnxruntime", "loops": list(LOOPS), "runs": results,
+            "target": target(results, plan)}
+
+
+def target(results: list, plan) -> dict:
+    """The demo (first model) at its own length and the largest batch: the largest tol whose top-1 agreement
+    with the full-depth output is >= 99 %, its speed-up over tol 0 (the active-set default against the
+    dense loop at tol 0), and the default's overhead at tol 0 (every token runs all T)."""
+    run = results[0]
+    b = str(plan.early_exit_batches[-1])
+    ok = [r for r in run["rows"] if r["agreement_with_full_depth"] >= 0.99]
+    best = max(ok, key=lambda r: r["tol"])
+    tol0 = next(r for r in run["rows"] if r["tol"] == 0.0)["by_batch"][b]
+    return {"model": run["model"], "seq": run["seq"], "batch": int(b), "tol": best["tol"],
+            "agreement": best["agreement_with_full_depth"],
+            "speedup_over_tol0": tol0["dense_ms"] / best["by_batch"][b]["active_ms"],
+            "ideal_speedup": run["max_iters"] / best["mean_exit_iteration"],
+            "tol0_active_over_dense": tol0["active_ms"] / tol0["dense_ms"],
+            "crossover_running_fraction": crossover(run["rows"], b)}
+
+
+def crossover(rows: list, batch: str) -> float | None:
+    """The running fraction (mean exit iteration / T) at which the active-set step from the first iteration
+    ("active-only") costs as much as the dense loop, interpolated between the tols measured; None without
+    active-only timings or a crossing (1.0 when active-only is never slower)."""
+    points = sorted((r["running_fraction"], r["by_batch"][batch]["active-only_ms"] / r["by_batch"][batch]["dense_ms"])
+                    for r in rows if "active-only_ms" in r["by_batch"][batch])
+    if not points:
+        return None
+    if all(ratio <= 1 for _, ratio in points):
+        return 1.0
+    for (f0, r0), (f1, r1) in zip(points, points[1:]):
+        if r0 <= 1 < r1:
+            return f0 + (1 - r0) * (f1 - f0) / (r1 - r0)
+    return None

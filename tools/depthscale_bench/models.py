@@ -90,16 +90,16 @@ class Workspace:
             raise RuntimeError(f"the bench's export {name} failed its parity gate: {report['parity']}")
         return Exported(name, self.root / name, seconds, report)
 
-    def graph(self, name: str, model: DepthScaleModel, cap: int, unroll: bool) -> Exported:
-        """model.onnx only, for the Loop-against-unrolled comparison: the recursion as the Loop (T cap
-        `cap`) or unrolled for exactly `cap` steps; both without torch.onnx's optimizer, which takes
-        minutes on the unrolled graph. No parity gate: the bench compares the two forms' outputs."""
-        self.log(f"export {name} ({'recursion unrolled, ' if unroll else 'one Loop, T cap '}{cap}{' steps' if unroll else ''}, "
-                 f"no torch.onnx optimizer)")
+    def graph(self, name: str, model: DepthScaleModel, cap: int, unroll: bool, optimize: bool = False) -> Exported:
+        """model.onnx only: the recursion as the Loop(s) (T cap `cap`) or unrolled for exactly `cap` steps; by
+        default without torch.onnx's optimizer, which takes minutes on the unrolled graph. No parity gate:
+        the sections compare the forms' outputs."""
+        self.log(f"export {name} ({'recursion unrolled, ' if unroll else 'Loop, T cap '}{cap}{' steps' if unroll else ''}"
+                 f"{'' if optimize else ', no torch.onnx optimizer'})")
         packed = copy.deepcopy(model).packed()
         start = time.perf_counter()
         spec = forward_spec(packed, cap, UnrolledWrapper(packed, cap) if unroll else None)
-        onnx_model = export_graph(packed, spec, optimize=False)
+        onnx_model = export_graph(packed, spec, optimize=optimize)
         finish_graph(onnx_model)
         path = self.root / f"{name}.onnx"
         ir.save(onnx_model, str(path))
