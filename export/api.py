@@ -12,6 +12,7 @@ import copy
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,8 +43,8 @@ from .gate.op_check import check_ops
 from .gate.parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
 from .engines.network import Profile
 from .engines.readiness import check_tensorrt_readiness
-from .engines.rtx import DEFAULT_TARGETS, check_targets
-from .engines.tensorrt import build_engines
+from .engines.rtx import DEFAULT_TARGETS, check_targets, tensorrt_rtx_unavailable
+from .engines.tensorrt import build_engines, tensorrt_unavailable
 
 
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -237,7 +238,8 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
                 parity = progress.stage("parity", _parity, model, tmp, samples, decode_samples, opts)
             except ort.capi.onnxruntime_pybind11_state.Fail as e:
                 raise ExportFailed(f"ONNX Runtime cannot run the exported model: {str(e)[:300]}") from e
-            tensorrt = progress.stage("engines", _engines, model, tmp, list(files.values()), samples, opts, parity["passed"])
+            tensorrt = progress.stage("engines", _engines, model, tmp, list(files.values()), samples, opts,
+                                      parity["passed"], cap, metadata, no_decode is None)
             passed = parity["passed"] and tensorrt.get("parity", {}).get("passed", True)
             report = {
                 "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
@@ -268,6 +270,20 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     return report
 
 
+def _dense_sources(model: DepthScaleModel, cap: int, decodes: bool, opts: ExportOptions, metadata: dict,
+                   scratch: Path) -> dict[str, Path]:
+    """The whole-pass and prefill graphs again with the dense Loop only, written to `scratch` (with their own
+    weights file), for TensorRT: its parsers import the active-set Loop's NonZero only through a NonZero
+    plugin, which TensorRT-RTX 1.7 does not ship. Same passes as the artifact's graphs; the decode graph is
+    dense already. Returns {artifact graph file: its dense form}."""
+    dense = copy.deepcopy(model)
+    dense.active_set = False
+    specs = [forward_spec(dense, cap)] + ([prefill_spec(dense, cap)] if decodes else [])
+    graphs = _export(dense, specs, opts.opset)
+    _passes(graphs, opts.graph_passes, metadata)
+    return {file: scratch / file for file in save_graphs(graphs, scratch).values()}
+
+
 def _recursion(model: DepthScaleModel, active_set: bool) -> dict:
     """Whether the exported recursion skips done tokens (model.active_set, turned off when not asked for),
     as the manifest records it: from which running fraction on, or why not."""
@@ -283,9 +299,10 @@ def _recursion(model: DepthScaleModel, active_set: bool) -> dict:
 
 
 def _engines(model: DepthScaleModel, artifact: Path, graphs: list[str], samples: list[Sample], opts: ExportOptions,
-             onnx_passed: bool) -> dict:
+             onnx_passed: bool, cap: int, metadata: dict, decodes: bool) -> dict:
     """TensorRT plans for every graph of the artifact in every flavor that can build
-    here (engines.tensorrt); the manifest records them and why any flavor was skipped."""
+    here (engines.tensorrt); the manifest records them and why any flavor was skipped. An active-set
+    artifact's plans are built from the dense-loop form of its graphs (_dense_sources)."""
     def say(line):
         if not opts.quiet:
             print(f"[depthscale-export] {line}", file=sys.stderr, flush=True)
@@ -296,11 +313,15 @@ def _engines(model: DepthScaleModel, artifact: Path, graphs: list[str], samples:
         section = {"built": False, "engines": [], "skipped": {"tensorrt-rtx": why, "tensorrt": why}}
     else:
         profile = opts.trt_profile or Profile.default(model.config.max_seq_len)
-        try:
-            section = build_engines(artifact, graphs, profile, opts.rtx_targets, model, samples, opts.tolerances,
-                                    opts.seed, log=say)
-        except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
-            raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
+        buildable = tensorrt_rtx_unavailable() is None or tensorrt_unavailable() is None
+        with tempfile.TemporaryDirectory(prefix="depthscale-dense-loop-") as scratch:
+            sources = (_dense_sources(model, cap, decodes, opts, metadata, Path(scratch))
+                       if model.active_set and buildable else {})
+            try:
+                section = build_engines(artifact, graphs, profile, opts.rtx_targets, model, samples, opts.tolerances,
+                                        opts.seed, log=say, sources=sources)
+            except Exception as e:  # noqa: BLE001 - TensorRT raises many types; all mean "no engine"
+                raise ExportFailed(f"TensorRT engine build failed: {type(e).__name__}: {e}") from e
     for flavor, reason in section["skipped"].items():
         say(f"{flavor} engines skipped: {reason}")
     return section

@@ -69,9 +69,11 @@ def engine_dir_name(version: str) -> str:
 
 
 def build_rtx_engines(artifact: Path, graphs: list[str], profile: Profile, targets: list[str],
-                      positions_per_token: int = 1, log=print) -> list[dict]:
+                      positions_per_token: int = 1, log=print, sources: dict[str, Path] | None = None) -> list[dict]:
     """Build and write one plan per graph for all `targets`; returns their manifest entries.
-    positions_per_token: 1 + the model's reasoning tokens (a decode graph's capacity is in positions)."""
+    positions_per_token: 1 + the model's reasoning tokens (a decode graph's capacity is in positions).
+    sources: graph -> the ONNX file its plan is built from instead (the dense-loop form of an active-set
+    graph; see api._engine_sources)."""
     trt = import_tensorrt_rtx()
     from depthscale_runtime import rtx_plugins
 
@@ -79,8 +81,10 @@ def build_rtx_engines(artifact: Path, graphs: list[str], profile: Profile, targe
     out_dir = artifact / "engines" / engine_dir_name(trt.__version__)
     entries = []
     for graph in graphs:
-        entry = _build(trt, artifact / graph, out_dir, targets, profile, positions_per_token)
-        entries.append({"dir": str(out_dir.relative_to(artifact)), **entry})
+        source = (sources or {}).get(graph)
+        entry = _build(trt, source or artifact / graph, out_dir, targets, profile, positions_per_token)
+        entries.append({"dir": str(out_dir.relative_to(artifact)), **entry}
+                       | ({"built_from": "the dense-loop form of the graph"} if source else {}))
         log(f"TensorRT-RTX {graph} for {','.join(targets)}: {entry['bytes'] / 1e6:.1f} MB in {entry['build_s']:.1f} s, "
             f"{entry['inventory']['plugin_layers']} plugin layers, {entry['inventory']['loops']} loop(s)")
     return entries

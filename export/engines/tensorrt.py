@@ -39,20 +39,22 @@ def tensorrt_unavailable() -> str | None:
 
 
 def build_engines(artifact: Path, graphs: list[str], profile: Profile, rtx_targets: list[str], model, samples,
-                  tolerances, seed: int, log=print) -> dict:
-    """Build every flavor that can build here; returns the manifest's "tensorrt" section."""
+                  tolerances, seed: int, log=print, sources: dict[str, Path] | None = None) -> dict:
+    """Build every flavor that can build here; returns the manifest's "tensorrt" section. sources: graph ->
+    the ONNX file to build its plans from instead of the artifact's (the dense-loop form of an active-set
+    graph: TensorRT-RTX's parser imports NonZero only through a plugin it does not ship)."""
     section = {"built": False, "engines": [], "skipped": {}}
     why = tensorrt_rtx_unavailable()
     if why:
         section["skipped"]["tensorrt-rtx"] = why
     else:
         section["engines"] += build_rtx_engines(artifact, graphs, profile, rtx_targets,
-                                                1 + model.config.reason_tokens, log)
+                                                1 + model.config.reason_tokens, log, sources)
     why = tensorrt_unavailable()
     if why:
         section["skipped"]["tensorrt"] = why
     else:
-        entries, parity = _build_tensorrt(artifact, graphs, profile, model, samples, tolerances, seed)
+        entries, parity = _build_tensorrt(artifact, graphs, profile, model, samples, tolerances, seed, sources or {})
         section["engines"] += entries
         section["parity"] = parity
     section["built"] = bool(section["engines"])
@@ -68,7 +70,7 @@ def engine_dir_name() -> str:
 
 
 def _build_tensorrt(artifact: Path, graphs: list[str], profile: Profile, model, samples, tolerances,
-                    seed: int) -> tuple[list[dict], dict]:
+                    seed: int, sources: dict[str, Path]) -> tuple[list[dict], dict]:
     """One plan per graph for this machine's GPU; the main graph's plan gated against eager."""
     import tensorrt as trt
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
@@ -82,7 +84,7 @@ def _build_tensorrt(artifact: Path, graphs: list[str], profile: Profile, model, 
     entries, plans = [], {}
     for graph in graphs:
         logger = make_logger(trt)
-        builder, network, _ = parse(trt, artifact / graph, logger)
+        builder, network, _ = parse(trt, sources.get(graph, artifact / graph), logger)
         config = builder.create_builder_config()
         add_profile(builder, config, network, profile, 1 + model.config.reason_tokens)
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")

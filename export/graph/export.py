@@ -86,9 +86,12 @@ def export_graph(model: DepthScaleModel, spec: GraphSpec, opset: int = DEFAULT_O
 
     dynamic_shapes = tuple({axis: dim(n) for axis, n in spec.dynamic[name].items()} if name in spec.dynamic else None
                            for name in spec.input_names)
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)                  # e.g. "torchvision is not installed"
+    # quiet: torch.onnx ("torchvision is not installed"), onnx-ir ("Attribute type is ambiguous" for the
+    # empty attribute lists of the active set's index ops)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -97,7 +100,8 @@ def export_graph(model: DepthScaleModel, spec: GraphSpec, opset: int = DEFAULT_O
                 input_names=spec.input_names, output_names=spec.output_names, verbose=False, report=False,
                 dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table())
     finally:
-        onnx_logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     onnx_model = program.model
     names = {}
     for value, name in zip(onnx_model.graph.inputs, spec.input_names):
