@@ -44,6 +44,11 @@ RULES = ("custom nodes carry the plugin attributes",
          "a Loop's constant trip count fits in int32")
 
 
+NONZERO_NOTE = ("NonZero (the active-set Loop): full TensorRT imports it as a NonZero layer; TensorRT-RTX 1.7's parser "
+                "only through a NonZero plugin, which it does not ship, so the export builds TensorRT plans from the "
+                "dense-loop form of the graph")
+
+
 def dtype_name(elem_type: int) -> str:
     """numpy's name of an ONNX element type ("float32", "uint8", "float64", "bfloat16", ...)."""
     try:
@@ -146,7 +151,8 @@ def check_tensorrt_readiness(model: onnx.ModelProto) -> dict:
     record(RULES[2], [f"{n.op_type} node {n.name!r}: no plugin {DOMAIN}::{n.op_type} (plugins: {', '.join(PLUGINS)})"
                       for n in custom if n.op_type not in PLUGINS])
     record(RULES[3], sorted({f"{n.op_type} ({n.name or 'unnamed'}): the parser has no importer for it"
-                             for n in seen if n.domain in ("", "ai.onnx") and n.op_type in PARSER_UNSUPPORTED_OPS}))
+                             for n in seen if n.domain in ("", "ai.onnx") and n.op_type in PARSER_UNSUPPORTED_OPS}),
+           [NONZERO_NOTE for n in seen if n.op_type == "NonZero"])
     casts = {n.output[0]: dtype_name(a.i) for n in seen if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
     typed = {**dtypes, **casts}
     record(RULES[4], sorted({f"{name}: {t}" for name, t in typed.items() if t not in TRT_DTYPES | set(PARSER_CONVERTS)}))
