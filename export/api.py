@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+from fractions import Fraction
 import platform
 import sys
 import tempfile
@@ -94,6 +95,7 @@ class ExportOptions:
     decode: bool = True                                  # prefill and decode graphs (where the model decodes incrementally)
     engines: bool = True                                 # build TensorRT engines where a flavor can build here
     active_set: bool = True                              # skip done tokens (where exact); False: the dense Loop only
+    active_crossover: float | None = None                # active-set steps once at most this fraction runs (default 0.8)
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
     rtx_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))   # TensorRT-RTX: sm86, ...
     command: str | None = None                           # recorded in the manifest
@@ -202,7 +204,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
     model = progress.stage("load", _load, source)
     cfg = model.config
     model.packed().to_precision(opts.precision)
-    recursion = _recursion(model, opts.active_set)
+    recursion = _recursion(model, opts.active_set, opts.active_crossover)
     cap = cfg.max_iters if opts.max_iters_cap is None else opts.max_iters_cap
     if not 0 <= cap <= LIMITS["max_iters"]:
         raise BadInput(f"max_iters cap must be in [0, {LIMITS['max_iters']}], got {cap}")
@@ -284,9 +286,15 @@ def _dense_sources(model: DepthScaleModel, cap: int, decodes: bool, opts: Export
     return {file: scratch / file for file in save_graphs(graphs, scratch).values()}
 
 
-def _recursion(model: DepthScaleModel, active_set: bool) -> dict:
-    """Whether the exported recursion skips done tokens (model.active_set, turned off when not asked for),
-    as the manifest records it: from which running fraction on, or why not."""
+def _recursion(model: DepthScaleModel, active_set: bool, crossover: float | None) -> dict:
+    """Whether the exported recursion skips done tokens (model.active_set, turned off when not asked for)
+    and from which running fraction on (model.active_crossover, set from `crossover`), as the manifest
+    records it; or why not."""
+    if crossover is not None:
+        if not 0.0 <= crossover <= 1.0:
+            raise BadInput(f"active_crossover must be in [0, 1] (a fraction of the positions), got {crossover}")
+        ratio = Fraction(crossover).limit_denominator(1000)
+        model.active_crossover = (ratio.numerator, ratio.denominator)
     if not active_set:
         model.active_set = False
         return {"active_set": False, "why": "not asked for (active_set=False, --dense-loop)"}

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where possible")
     p.add_argument("--dense-loop", action="store_true",
                    help="compute every position at every iteration (no active set: done tokens still cost their share)")
+    p.add_argument("--active-crossover", type=float, default=None, metavar="F",
+                   help="compute only the running tokens once at most this fraction of the positions runs "
+                        "(default 0.8; 1.0: from the first iteration, which pays on models with d_model in the hundreds)")
     p.add_argument("--rtx-targets", type=lambda t: t.split(","), default=list(DEFAULT_TARGETS), metavar="SM,...",
                    help=f"TensorRT-RTX compute capabilities one plan serves, built on this CPU (choices "
                         f"{','.join(TARGETS)}; default {','.join(DEFAULT_TARGETS)})")
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
                                (args.state_atol, defaults.state_atol))))
     opts = ExportOptions(opset=args.opset, max_iters_cap=args.max_iters_cap, seed=args.seed, force=args.force,
                          precision=args.precision, tolerances=tolerances, iters=args.iters,
-                         decode=not args.no_decode, engines=not args.no_engines, active_set=not args.dense_loop, trt_profile=args.trt_profile,
+                         decode=not args.no_decode, engines=not args.no_engines, active_set=not args.dense_loop,
+                         active_crossover=args.active_crossover, trt_profile=args.trt_profile,
                          rtx_targets=args.rtx_targets,
                          tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:

@@ -115,3 +115,11 @@ def test_exported_active_set_loop_passes_the_gate_and_equals_the_dense_export(tm
         real = np.arange(40)[None] < lengths.numpy()[:, None]
         assert np.array_equal(out["active"].logits[real], out["dense"].logits[real])
     assert len(set(out["active"].iterations[real].tolist())) > 1              # exits vary at tol 0.3
+
+
+@pytest.mark.parametrize("crossover", [1.5, -0.1, float("nan")])
+def test_a_crossover_outside_0_1_is_refused(tmp_path, crossover):
+    from depthscale_export.api import BadInput
+    with pytest.raises(BadInput, match="active_crossover must be in"):
+        export(small_model(), tmp_path / "out", active_crossover=crossover, engines=False, quiet=True)
+    assert not (tmp_path / "out").exists()
