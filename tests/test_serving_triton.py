@@ -5,6 +5,7 @@ Triton's schema; the CLI's bad input."""
 
 import json
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 import depthscale_runtime as dr
-from depthscale_export.serving.triton import MARKER
+from depthscale_export.serving.triton import MARKER, write_repository
 from depthscale_export.serving.triton_config import parse_pbtxt, schema
 from depthscale_export.serving.tritonserver import ServerEnvError, TritonServer, server_env
 
@@ -59,6 +61,12 @@ def requests_of(runtime, count, seed=0):
              float(rng.choice([0.0, 0.003, 0.05]))) for i in range(count)]
 
 
+def connect(module, server):
+    if module is httpclient:
+        return httpclient.InferenceServerClient(server.http_url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
 def infer(module, client, ids, max_iters=None, tol=None, **kwargs):
     """One request through `module` (tritonclient.http or .grpc) -> (logits, iterations)."""
     inputs = [module.InferInput("input_ids", list(ids.shape), "INT64")]
@@ -67,7 +75,8 @@ def infer(module, client, ids, max_iters=None, tol=None, **kwargs):
         if value is not None:
             inputs.append(module.InferInput(name, [len(ids), 1], dtype))
             inputs[-1].set_data_from_numpy(np.full((len(ids), 1), value, dtype=np_dtype))
-    result = client.infer(NAME, inputs, **kwargs)
+    bound = {"client_timeout": TIMEOUT_S} if module is grpcclient else {}   # http: the client's network_timeout
+    result = client.infer(NAME, inputs, **bound, **kwargs)
     return result.as_numpy("logits"), result.as_numpy("iterations")
 
 
@@ -104,8 +113,7 @@ def test_configs_parse_with_triton_schema_and_match_the_graph(repository, sum_ar
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_outputs_are_the_runtimes_bit_for_bit(server, runtime, protocol):
     module = httpclient if protocol == "http" else grpcclient
-    url = server.http_url if protocol == "http" else server.grpc_url
-    client = module.InferenceServerClient(url)
+    client = connect(module, server)
     for ids, max_iters, tol in requests_of(runtime, 4, seed=1):
         logits, iterations = infer(module, client, ids, max_iters, tol)
         ref_logits, ref_iterations = expected(runtime, ids, max_iters, tol)
@@ -117,7 +125,7 @@ def test_outputs_are_the_runtimes_bit_for_bit(server, runtime, protocol):
 
 
 def test_per_request_budgets_are_respected(server, runtime):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = connect(grpcclient, server)
     ids = requests_of(runtime, 3)[2][0]
     _, one = infer(grpcclient, client, ids, max_iters=1, tol=0.0)
     assert (one == 1).all()
@@ -130,21 +138,22 @@ def test_per_request_budgets_are_respected(server, runtime):
 
 
 def test_bad_request_gets_its_own_error(server, runtime):
-    client = httpclient.InferenceServerClient(server.http_url)
+    client = connect(httpclient, server)
     bad = np.array([[0, runtime.artifact.vocab_size]])
-    with pytest.raises(Exception, match=r"input_ids must be in \[0, 13\)"):
+    vocab, cap = runtime.artifact.vocab_size, runtime.artifact.max_iters_cap
+    with pytest.raises(InferenceServerException, match=re.escape(f"input_ids must be in [0, {vocab}), got {vocab}")):
         infer(httpclient, client, bad)
-    with pytest.raises(Exception, match=r"max_iters must be in \[0, 16\]"):
-        infer(httpclient, client, bad[:, :1], max_iters=17)
+    with pytest.raises(InferenceServerException, match=re.escape(f"max_iters must be in [0, {cap}], got {cap + 1}")):
+        infer(httpclient, client, bad[:, :1], max_iters=cap + 1)
     ids = requests_of(runtime, 1)[0][0]
     assert np.array_equal(infer(httpclient, client, ids)[0], expected(runtime, ids)[0])      # still serving
 
 
 def test_concurrent_ragged_requests_are_batched_and_exact(server, runtime):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = connect(grpcclient, server)
 
     def counts():
-        stats = client.get_inference_statistics(NAME, as_json=True)["model_stats"][0]
+        stats = client.get_inference_statistics(NAME, as_json=True, client_timeout=TIMEOUT_S)["model_stats"][0]
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
     before = counts()
@@ -176,7 +185,7 @@ def test_streamed_generation_equals_the_runtimes(server, runtime):
     prompt, new = np.array([0, 5, 3, 10, 2, 11], dtype=np.int64), 8
     reference = runtime.generate(prompt, new, max_iters=12, tol=0.003)
     responses = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = connect(grpcclient, server)
     client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=TIMEOUT_S)
     try:
         inputs = []
@@ -199,12 +208,20 @@ def test_streamed_generation_equals_the_runtimes(server, runtime):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(sum_artifact, tmp_path):
+    """Missing artifact, an OUT that is not a repository, a repository without --force: exit 2, one line,
+    nothing touched."""
     missing = serve("triton", tmp_path / "nope", tmp_path / "repo")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not verify" in missing.stderr
+    assert not (tmp_path / "repo").exists()
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     taken = serve("triton", sum_artifact, other, "--force")
     assert taken.returncode == 2 and taken.stderr.count("\n") == 1 and "not a model repository" in taken.stderr
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
+    repo = tmp_path / "repo"
+    write_repository(sum_artifact, repo, generate=False)
+    exists = serve("triton", sum_artifact, repo)
+    assert exists.returncode == 2 and exists.stderr.count("\n") == 1 and "--force" in exists.stderr
+    assert json.loads((repo / MARKER).read_text())["models"] == ["depthscale", "depthscale_onnx"]
     assert not list(tmp_path.glob(".*"))                                      # no staging left behind

@@ -108,7 +108,10 @@ class TritonPythonModel:
                 sender.send(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("token", step.tokens[:1].astype(np.int64)),
                     pb_utils.Tensor("iteration", step.iterations[:1].astype(np.int64))]))
-        except ValueError as e:
+        except ValueError as e:                       # bad input: the runtime's one-line message
             sender.send(_error(str(e)), flags=final)
+            return
+        except Exception as e:                        # anything else still ends the stream, with its error
+            sender.send(_error(f"{type(e).__name__}: {e}"), flags=final)
             return
         sender.send(flags=final)
