@@ -32,7 +32,7 @@ from depthscale.atomic_dir import staging_dir
 from depthscale_runtime import ArtifactError, open_artifact
 from depthscale_runtime.artifact import MANIFEST
 
-from .triton_config import Batching, graph_config, python_generate_config, python_run_config, to_pbtxt
+from .triton_config import Batching, graph_config, python_generate_config, python_run_config, schema, to_pbtxt
 
 MARKER = "depthscale-repository.json"
 REPOSITORY_FORMAT = "depthscale-triton-repository"
@@ -74,12 +74,15 @@ def write_repository(artifact, out, name: str = "depthscale", *, force: bool = F
     depthscale-repository.json). Raises RepositoryError on bad input (nothing written), OSError when a
     write fails (nothing left at OUT), ServingUnavailable without tritonclient."""
     artifact, out = Path(artifact), Path(out)
+    schema()                                      # the serve extra, before anything is read or staged
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise RepositoryError(f"the model name must be letters, digits, '_' and '-', got {name!r}")
     for field, value, low in (("max_batch_size", batching.max_batch_size, 1), ("instances", batching.instances, 1),
                               ("max_queue_delay_us", batching.max_queue_delay_us, 0)):
         if value < low:
             raise RepositoryError(f"{field} must be >= {low}, got {value}")
+    if intra_op_threads is not None and intra_op_threads < 1:
+        raise RepositoryError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
     try:
         art = open_artifact(artifact)
     except ArtifactError as e:

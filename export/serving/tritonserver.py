@@ -98,10 +98,16 @@ def server_env(cache: Path | None = None, timeout_s: float = 900) -> ServerEnv:
     return ServerEnv(venv)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 now (held together while chosen, so never the same twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class TritonServer:
@@ -143,7 +149,7 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         self._workdir = Path(tempfile.mkdtemp(prefix="depthscale-tritonserver-"))
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.http_port, self.grpc_port = free_ports(2)
         server = self.env.server_dir
         cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={self.repository}",
                f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
