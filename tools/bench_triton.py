@@ -2,11 +2,14 @@
 N concurrent gRPC clients for a bounded time, each sending one request after another (ragged lengths,
 the artifact's default budgets), once per max_batch_size given (1: no dynamic batching).
 
-    python tools/bench_triton.py ARTIFACT [--clients 8] [--seconds 20] [--max-batch-sizes 16,1] [--json]
+    python tools/bench_triton.py ARTIFACT [--clients 8] [--seconds 20] [--max-batch-sizes 16,1] [--only load|budgets]
 
 Prints, per configuration: requests completed, throughput (requests/s and tokens/s), p50/p99 latency in
 ms, errors, and the server's executions (how many batches ran). The server is the pinned nvidia-pytriton
 tritonserver in its venv (depthscale_export.serving.tritonserver), on 127.0.0.1, stopped at the end.
+
+First (in process, no server): a batch of requests with mixed max_iters run as one batch with per-row
+budgets against one batch per budget, the choice a serving layer faces (budget_grouping).
 """
 
 from __future__ import annotations
@@ -81,6 +84,40 @@ def run_load(server: TritonServer, clients: int, seconds: float, vocab: int, len
             "executions": executions() - before}
 
 
+def budget_grouping(artifact: str, rows: int, lengths: tuple[int, int], repeats: int = 15, seed: int = 0) -> dict:
+    """In process, no server: `rows` requests with mixed max_iters (2, 4, 8 or the cap) run as one batch with
+    per-row budgets (what the python model does) against one batch per budget (what a serving layer would
+    do if the graph took one budget per call); medians of interleaved repetitions, ms. Checks both give the
+    same outputs."""
+    rt = depthscale_runtime.load(artifact, intra_op_threads=1)
+    rng = np.random.default_rng(seed)
+    cap = rt.artifact.max_iters_cap
+    ids = [rng.integers(1, rt.artifact.vocab_size, size=int(rng.integers(*lengths))) for _ in range(rows)]
+    budgets = rng.choice(sorted({2, 4, 8, cap}), size=rows)
+    groups = {int(b): [i for i in range(rows) if budgets[i] == b] for b in np.unique(budgets)}
+
+    def mixed():
+        return rt.run(ids, max_iters=budgets)
+
+    def grouped():
+        return {b: rt.run([ids[i] for i in members], max_iters=b) for b, members in groups.items()}
+
+    one, per = mixed(), grouped()
+    for b, members in groups.items():
+        for j, i in enumerate(members):
+            n = len(ids[i])
+            assert np.array_equal(one.logits[i, :n], per[b].logits[j, :n]), "per-row budgets changed an output"
+    times = {"mixed": [], "grouped": []}
+    for r in range(repeats):
+        for name in (("mixed", "grouped") if r % 2 == 0 else ("grouped", "mixed")):
+            start = time.perf_counter()
+            mixed() if name == "mixed" else grouped()
+            times[name].append(time.perf_counter() - start)
+    return {"rows": rows, "budgets": {b: len(m) for b, m in groups.items()},
+            "one_batch_per_row_budgets_ms": round(float(np.median(times["mixed"])) * 1e3, 1),
+            "one_batch_per_budget_ms": round(float(np.median(times["grouped"])) * 1e3, 1)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact")
@@ -88,8 +125,16 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--max-batch-sizes", default="16,1", help="one run per value (1: no dynamic batching)")
     p.add_argument("--lengths", default="4,33", help="request lengths drawn from [LO, HI)")
+    p.add_argument("--only", choices=("load", "budgets"), default=None, help="one part only")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.only != "load":
+        budgets = budget_grouping(args.artifact, 16, tuple(int(x) for x in args.lengths.split(",")))
+        print(json.dumps(budgets) if args.json else
+              f"16 requests, max_iters {budgets['budgets']}: one batch with per-row budgets "
+              f"{budgets['one_batch_per_row_budgets_ms']} ms, one batch per budget {budgets['one_batch_per_budget_ms']} ms")
+        if args.only == "budgets":
+            return 0
     art = depthscale_runtime.open_artifact(args.artifact)
     lengths = tuple(int(x) for x in args.lengths.split(","))
     env = server_env()

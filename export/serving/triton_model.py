@@ -7,8 +7,8 @@ artifact in the version directory (parameter "artifact") is loaded with the runt
 
 Non-decoupled (the run model): each execution takes every request the dynamic batcher gathered
 (different lengths: ragged), checks each alone (a bad request gets its own error response), then runs
-the good rows as one right-padded batch with per-row lengths, max_iters and tol. Right padding is exact:
-the model is causal and each token exits on its own. Decoupled (the generate model): each request's
+the good rows as right-padded batches with per-row lengths and tol, one batch per distinct max_iters.
+Right padding is exact: the model is causal and each token exits on its own. Decoupled (the generate model): each request's
 prompt is generated with Runtime.stream, one response per token, then a final empty response.
 """
 
@@ -29,6 +29,23 @@ def _optional(request, name: str):
 
 def _error(message: str):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def _calls(rows):
+    """The runtime calls for a batch of rows (key, ids [n], max_iters, tol): one per distinct max_iters (a
+    batch runs until its slowest row is done, so rows with smaller budgets are cheaper apart: measured in
+    docs/serving.md), split where rows x longest would pass the runtime's per-call token budget."""
+    calls = []
+    for budget in sorted({row[2] for row in rows}):
+        call, longest = [], 0
+        for row in (row for row in rows if row[2] == budget):
+            if call and (len(call) + 1) * max(longest, len(row[1])) > MAX_TOKENS_PER_CALL:
+                calls.append(call)
+                call, longest = [], 0
+            call.append(row)
+            longest = max(longest, len(row[1]))
+        calls.append(call)
+    return calls
 
 
 class TritonPythonModel:
@@ -59,36 +76,26 @@ class TritonPythonModel:
         return ids, max_iters, tol
 
     def _run(self, requests):
-        responses, good = [None] * len(requests), []
+        responses, rows, counts = [None] * len(requests), [], {}
         for i, request in enumerate(requests):
             try:
-                good.append((i, *self._rows(request)))
+                ids, max_iters, tol = self._rows(request)
             except ValueError as e:
                 responses[i] = _error(str(e))
-        # one runtime call per chunk of requests whose rows x longest fits the runtime's per-call budget
-        chunks = []
-        for item in good:
-            candidate = (chunks[-1] if chunks else []) + [item]
-            if sum(len(c[1]) for c in candidate) * max(c[1].shape[1] for c in candidate) <= MAX_TOKENS_PER_CALL and chunks:
-                chunks[-1] = candidate
-            else:
-                chunks.append([item])
-        for chunk in chunks:
-            self._run_chunk(chunk, responses)
+                continue
+            counts[i] = len(ids)
+            rows += [((i, r), ids[r], int(max_iters[r]), float(tol[r])) for r in range(len(ids))]
+        outputs = {}
+        for call in _calls(rows):
+            out = self.runtime.run([row[1] for row in call], max_iters=[row[2] for row in call],
+                                   tol=[row[3] for row in call])
+            for j, (key, ids, _, _) in enumerate(call):
+                outputs[key] = (out.logits[j, :len(ids)], out.iterations[j, :len(ids)])
+        for i, k in counts.items():
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("logits", np.stack([outputs[i, r][0] for r in range(k)])),
+                pb_utils.Tensor("iterations", np.stack([outputs[i, r][1] for r in range(k)]))])
         return responses
-
-    def _run_chunk(self, chunk, responses):
-        rows = [row for _, ids, _, _ in chunk for row in ids]
-        out = self.runtime.run(rows, max_iters=np.concatenate([c[2] for c in chunk]),
-                               tol=np.concatenate([c[3] for c in chunk]))
-        start = 0
-        for i, ids, _, _ in chunk:
-            k, n = ids.shape
-            logits = np.ascontiguousarray(out.logits[start:start + k, :n])
-            iterations = np.ascontiguousarray(out.iterations[start:start + k, :n])
-            start += k
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logits", logits),
-                                                                      pb_utils.Tensor("iterations", iterations)])
 
     def _generate(self, request):
         sender = request.get_response_sender()
