@@ -3,9 +3,11 @@ on 127.0.0.1), queried with tritonclient over HTTP and gRPC: outputs bit-exact a
 per-request budgets, ragged dynamic batching, streaming generation; the configs parsed back with
 Triton's schema; the CLI's bad input."""
 
+import hashlib
 import json
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ def serve(*args, timeout=300):
 @pytest.fixture(scope="module")
 def repository(sum_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("triton") / "repo"
-    proc = serve("triton", sum_artifact, out, "--name", NAME, "--max-queue-delay-us", 20000)
+    proc = serve("triton", sum_artifact, out, "--name", NAME, "--max-queue-delay-us", 20000, "--onnxruntime")
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -108,6 +110,32 @@ def test_configs_parse_with_triton_schema_and_match_the_graph(repository, sum_ar
     assert (repository / f"{NAME}_onnx" / "1" / "model.onnx").read_bytes() == (sum_artifact / "model.onnx").read_bytes()
     served = dr.load(repository / NAME / "1" / "artifact")                  # the copy verifies on its own
     assert served.artifact.manifest == manifest
+
+
+def test_tensorrt_models_only_for_full_tensorrt_plans(sum_artifact, tmp_path):
+    """An artifact whose manifest lists a full-TensorRT plan and a TensorRT-RTX plan (stand-in bytes,
+    hashed like any file): a tensorrt_plan model for the first, the second skipped with its reason."""
+    artifact = tmp_path / "artifact"
+    shutil.copytree(sum_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    engines = []
+    for directory in ("engines/sm90-trt10.9.0", "engines/rtx1.7.1"):
+        plan = artifact / directory / "model.plan"
+        plan.parent.mkdir(parents=True)
+        plan.write_bytes(directory.encode() * 100)
+        manifest["files"][f"{directory}/model.plan"] = {"sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+                                                        "bytes": plan.stat().st_size}
+        engines.append({"dir": directory, "graph": "model.onnx", "plan": f"{directory}/model.plan"})
+    manifest["tensorrt"] = {"built": True, "engines": engines, "skipped": {}}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    description = write_repository(artifact, tmp_path / "repo", NAME, generate=False, tensorrt=True)
+    model = f"{NAME}_trt_sm90-trt10_9_0"
+    assert description["models"] == [NAME, model]
+    assert "TensorRT-RTX" in description["skipped"][f"{NAME}_trt_rtx1_7_1"]
+    config = parse_pbtxt((tmp_path / "repo" / model / "config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
+    assert [i.name for i in config.input] == [d["name"] for d in manifest["graphs"]["model"]["inputs"]]
+    assert (tmp_path / "repo" / model / "1" / "model.plan").read_bytes() == (artifact / engines[0]["plan"]).read_bytes()
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -223,5 +251,5 @@ def test_cli_bad_input_is_one_line_and_exit_2(sum_artifact, tmp_path):
     write_repository(sum_artifact, repo, generate=False)
     exists = serve("triton", sum_artifact, repo)
     assert exists.returncode == 2 and exists.stderr.count("\n") == 1 and "--force" in exists.stderr
-    assert json.loads((repo / MARKER).read_text())["models"] == ["depthscale", "depthscale_onnx"]
+    assert json.loads((repo / MARKER).read_text())["models"] == ["depthscale"]
     assert not list(tmp_path.glob(".*"))                                      # no staging left behind

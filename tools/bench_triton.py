@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         for size in (int(x) for x in args.max_batch_sizes.split(",")):
             repo = Path(tmp) / f"repo{size}"
             write_repository(args.artifact, repo, NAME, batching=Batching(max_batch_size=size), intra_op_threads=1,
-                             generate=False, onnxruntime=False, tensorrt=False)
+                             generate=False)
             with TritonServer(env, repo, [NAME]) as server:
                 rows.append({"max_batch_size": size, **run_load(server, args.clients, args.seconds, art.vocab_size, lengths)})
     if args.json:

@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("triton", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="write a Triton Inference Server model repository",
                        description="Write a Triton model repository for an artifact: a python-backend model around "
-                                   "depthscale_runtime (ragged dynamic batching, per-request max_iters and tol), a "
-                                   "decoupled generation model, an onnxruntime-backend model and, where full-TensorRT "
-                                   "plans exist, tensorrt-backend models (docs/serving.md).")
+                                   "depthscale_runtime (ragged dynamic batching, per-request max_iters and tol) and a "
+                                   "decoupled generation model; on request an onnxruntime-backend model and, where "
+                                   "full-TensorRT plans exist, tensorrt-backend models (docs/serving.md).")
     t.add_argument("artifact", help="artifact directory (made by depthscale-export)")
     t.add_argument("out", help="repository directory to write")
     t.add_argument("--name", default="depthscale", help="model name (default depthscale)")
@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--instances", type=int, default=d.instances, help=f"model instances (default {d.instances})")
     t.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per instance")
     t.add_argument("--no-generate", action="store_true", help="no decoupled generation model")
-    t.add_argument("--no-onnxruntime", action="store_true", help="no onnxruntime-backend model")
-    t.add_argument("--no-tensorrt", action="store_true", help="no tensorrt-backend models")
+    t.add_argument("--onnxruntime", action="store_true",
+                   help="also an onnxruntime-backend model on the graph (needs a Triton whose ONNX Runtime is >= 1.26)")
+    t.add_argument("--tensorrt", action="store_true",
+                   help="also a tensorrt-backend model per full-TensorRT plan (not verified here)")
     t.add_argument("--json", action="store_true", help="print the repository's description as JSON")
     return p
 
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         description = write_repository(
             args.artifact, args.out, args.name, force=args.force, intra_op_threads=args.threads,
             batching=Batching(args.max_batch_size, args.max_queue_delay_us, args.instances),
-            generate=not args.no_generate, onnxruntime=not args.no_onnxruntime, tensorrt=not args.no_tensorrt)
+            generate=not args.no_generate, onnxruntime=args.onnxruntime, tensorrt=args.tensorrt)
     except (RepositoryError, ServingUnavailable) as e:
         print(f"depthscale-serve: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

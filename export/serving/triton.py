@@ -12,9 +12,10 @@ writes, atomically (built in a hidden sibling and renamed into place, like the e
         1/artifact/               the artifact's verified bytes (the repository is self-contained)
     NAME_generate/                python backend, decoupled: Runtime.stream, one response per token
                                   (artifacts with decode graphs); its artifact/ hard-links NAME's files
-    NAME_onnx/                    onnxruntime backend on model.onnx (+ its external weights), hard links
-    NAME_trt_<engine dir>/        tensorrt backend, one per full-TensorRT plan of the whole-pass graph
-                                  (not verified here: no GPU, and Triton must load the plugins)
+    NAME_onnx/                    with onnxruntime=True: onnxruntime backend on model.onnx (+ its external
+                                  weights), hard links (not served here: needs ONNX Runtime >= 1.26)
+    NAME_trt_<engine dir>/        with tensorrt=True: tensorrt backend, one per full-TensorRT plan of the
+                                  whole-pass graph (not verified here: no GPU, and Triton must load the plugins)
 
 The artifact is verified (depthscale_runtime.open_artifact) before anything is written, and the copy is
 made from the bytes that were verified.
@@ -69,7 +70,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def write_repository(artifact, out, name: str = "depthscale", *, force: bool = False,
                      batching: Batching = Batching(), intra_op_threads: int | None = None,
-                     generate: bool = True, onnxruntime: bool = True, tensorrt: bool = True) -> dict:
+                     generate: bool = True, onnxruntime: bool = False, tensorrt: bool = False) -> dict:
     """Write the repository (see the module docstring) and return its description (also written to
     depthscale-repository.json). Raises RepositoryError on bad input (nothing written), OSError when a
     write fails (nothing left at OUT), ServingUnavailable without tritonclient."""
@@ -105,7 +106,7 @@ def write_repository(artifact, out, name: str = "depthscale", *, force: bool = F
         models[name] = python_run_config(name, art.vocab_size, batching, params)
 
         if not generate:
-            skipped[f"{name}_generate"] = "not asked for"
+            skipped[f"{name}_generate"] = "not asked for (generate=False, --no-generate)"
         elif not art.decodes:
             skipped[f"{name}_generate"] = f"the artifact has no decode graphs ({manifest['decode'].get('why')})"
         else:
@@ -118,7 +119,7 @@ def write_repository(artifact, out, name: str = "depthscale", *, force: bool = F
 
         graph_files = [manifest["graphs"]["model"]["file"], *art.external_files("model")]
         if not onnxruntime:
-            skipped[f"{name}_onnx"] = "not asked for"
+            skipped[f"{name}_onnx"] = "not asked for (onnxruntime=True, --onnxruntime)"
         elif manifest["precision"] == "bf16":
             skipped[f"{name}_onnx"] = "a bfloat16 graph has no ONNX Runtime CPU kernels"
         else:
@@ -133,7 +134,7 @@ def write_repository(artifact, out, name: str = "depthscale", *, force: bool = F
             if graph != "model.onnx":
                 continue
             if not directory.split("/")[-1].startswith("sm") or not tensorrt:
-                skipped[model] = ("not asked for" if not tensorrt else
+                skipped[model] = ("not asked for (tensorrt=True, --tensorrt)" if not tensorrt else
                                   "a TensorRT-RTX plan: Triton's tensorrt backend runs full-TensorRT plans only")
                 continue
             _link(copy / directory / "model.plan", tmp / model / "1" / "model.plan")
