@@ -18,7 +18,8 @@ CLI = [sys.executable, "-m", "depthscale_export.cli"]
 
 
 def run_cli(*args, env=None, timeout=600):
-    """The CLI as a subprocess, with --no-engines (TensorRT-RTX builds are tests/test_tensorrt_rtx.py's);
+    """The CLI as a subprocess, with --no-engines (TensorRT-RTX builds are tests/test_tensorrt_rtx.py's;
+    the tests not about the graph's form add --dense-loop: one Loop exports faster);
     env adds variables (a PYTHONPATH given goes in front of the caller's)."""
     args = (*args, "--no-engines") if args and args[0] == DEMO else args
     env = dict(env or {})
@@ -140,7 +141,7 @@ def test_planted_mismatch_fails_the_gate_with_exit_1(tmp_path):
     (tmp_path / "perturb.py").write_text(PERTURB)
     out = tmp_path / "bad"
     proc = run_cli(DEMO, "-o", out, "--shapes", "2x9", "--iters", "4", "--tols", "0", "--no-decode",
-                   "--graph-pass", "perturb:scale_core_gamma", "--json", env={"PYTHONPATH": str(tmp_path)})
+                   "--dense-loop", "--graph-pass", "perturb:scale_core_gamma", "--json", env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "FAILED" in proc.stderr and "first diverging iteration: 1" in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -159,7 +160,7 @@ def test_planted_defect_in_the_decode_graph_fails_and_names_the_step(tmp_path):
     (tmp_path / "perturb.py").write_text(PERTURB_DECODE)
     out = tmp_path / "bad"
     proc = run_cli(DEMO, "-o", out, "--shapes", "1x5", "--iters", "4", "--tols", "0", "--decode-shapes", "2x5+4",
-                   "--graph-pass", "perturb:scale_core_gamma_in_decode", env={"PYTHONPATH": str(tmp_path)})
+                   "--dense-loop", "--graph-pass", "perturb:scale_core_gamma_in_decode", env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "parity 1/1 samples passed" in proc.stderr                      # the forward graph is untouched
     assert "first diverging: decode step 0, iteration 1" in proc.stderr and "FAILED" in proc.stderr
@@ -171,7 +172,7 @@ def test_planted_defect_in_the_decode_graph_fails_and_names_the_step(tmp_path):
 def test_failing_graph_pass_exits_3_and_writes_nothing(tmp_path):
     (tmp_path / "broken.py").write_text("def explode(model):\n    raise RuntimeError('boom')\n")
     out = tmp_path / "out"
-    proc = run_cli(DEMO, "-o", out, "--graph-pass", "broken:explode", "--no-decode", "-q",
+    proc = run_cli(DEMO, "-o", out, "--dense-loop", "--graph-pass", "broken:explode", "--no-decode", "-q",
                    env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 3 and "graph pass explode failed on model.onnx: RuntimeError: boom" in proc.stderr
     assert not out.exists()
@@ -216,7 +217,7 @@ def test_force_replaces_and_bad_usage_exits_2(tmp_path):
     (out / "manifest.json").write_text("{}")                 # an earlier artifact (--force replaces only those)
     (out / "old.txt").write_text("old")
     proc = run_cli(DEMO, "-o", out, "--force", "--max-iters-cap", "4", "--shapes", "1x3", "--iters", "2",
-                   "--decode-shapes", "1x2+2", "-q")
+                   "--decode-shapes", "1x2+2", "--dense-loop", "-q")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (out / "old.txt").exists() and (out / "manifest.json").exists()
     assert json.loads((out / "manifest.json").read_text())["max_iters_cap"] == 4   # (size against the cap: test_export_graph.py)
