@@ -67,7 +67,7 @@ class OnnxRuntimeBackend:
             self.options.intra_op_num_threads = intra_op_threads
         if inter_op_threads is not None:
             self.options.inter_op_num_threads = inter_op_threads
-        # ONNX Runtime 1.21 takes no files in memory: there, each graph gets its external data inlined
+        # ONNX Runtime 1.21-1.23 take no files in memory: there, each graph gets its external data inlined
         self._inline = not hasattr(self.options, "add_external_initializers_from_files_in_memory")
         external = {name: data for role in artifact.graphs for name, data in artifact.external_files(role).items()}
         if external and not self._inline:
