@@ -55,7 +55,9 @@ def main(artifact: str, report_path: str, temp: str) -> None:
             report["serve_equal"] = sum(status == 200 and same(result, ref.logits, ref.iterations)
                                         for (status, result), ref in zip(answers, refs))
             report["serve_batch_sizes"] = sorted({r.get("batch_size", 0) for _, r in answers})
-            report["serve_bad_input"] = post({"input_ids": [0, vocab], "max_iters": 1})
+            report["serve_bad_input"] = [post(body) for body in (
+                {"input_ids": [0, vocab], "max_iters": 1}, {"input_ids": [0, 1], "max_iters": cap + 1},
+                {"input_ids": [0, 1], "temperature": 1}, {"input_ids": []}, [0, 1])]
             report["serve_s"] = time.monotonic() - t0
             # a replica killed under load (the bench's run, short): no request lost
             report["fault"] = load(artifact, clients=4, seconds=4, kill_at=1)

@@ -20,6 +20,7 @@ import pytest
 import depthscale_runtime
 from depthscale_runtime import InvalidManifestError
 from depthscale_runtime.manifest import validate
+from depthscale_runtime.onnx_proto import inline_external, read_model
 
 OLDEST_ORT = "1.21.1"           # the newest patch of the oldest supported minor (manifest: 1.21.0)
 VENVS = Path(os.environ.get("DEPTHSCALE_TEST_VENVS", Path.home() / ".cache" / "depthscale-test-venvs"))
@@ -108,3 +109,22 @@ def test_the_manifest_schema_checks_the_runtime_field(demo_artifact, runtime):
     validate(manifest)
     with pytest.raises(InvalidManifestError, match="manifest field runtime must be"):
         validate({**manifest, "runtime": runtime})
+
+
+def test_inlined_external_data_runs_as_the_external_data(demo_artifact):
+    """inline_external (the runtime's path on ONNX Runtimes that take no external data from memory), run
+    on the pinned ONNX Runtime: the graph no longer references any file, and computes the same."""
+    art = depthscale_runtime.open_artifact(demo_artifact)
+    graph = art.graph_bytes("model")
+    assert read_model(graph).external
+    inlined = inline_external(graph, art.files)
+    assert read_model(inlined).external == [] and len(inlined) > len(graph)
+    session = onnxruntime.InferenceSession(inlined, providers=["CPUExecutionProvider"])   # no files: bytes only
+    ids = np.array([[0, 1, 2, 2, 1, 0, 1], [2, 2, 1, 0, 0, 0, 0]], dtype=np.int64)
+    feed = {"input_ids": ids, "lengths": np.array([7, 4]), "max_iters": np.array([16, 3]),
+            "tol": np.array([0.003, 0.0], dtype=np.float32)}
+    logits, iterations = session.run(None, feed)
+    out = depthscale_runtime.load(demo_artifact, backend="onnxruntime").run(
+        [ids[0], ids[1, :4]], max_iters=[16, 3], tol=[0.003, 0.0])
+    assert np.array_equal(logits[0], out.logits[0]) and np.array_equal(logits[1, :4], out.logits[1, :4])
+    assert np.array_equal(np.where(np.arange(7) < np.array([[7], [4]]), iterations, 0), out.iterations)

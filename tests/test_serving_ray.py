@@ -37,8 +37,10 @@ def test_ray_serve_and_data_on_a_two_node_cluster(demo_artifact):
     assert got["nodes"] == 2
     assert got["serve_ok"] == got["serve_equal"] == 32
     assert max(got["serve_batch_sizes"]) > 1                 # @serve.batch ran requests together
-    status, body = got["serve_bad_input"]
-    assert status == 400 and body["error"].startswith("input_ids must be in [0, ")
+    expected = ["input_ids must be in [0, ", "max_iters must be in [0, ", "unknown field(s): temperature",
+                "input_ids seq must be in [1, ", 'the body must be a JSON object with "input_ids"']
+    for (status, body), start in zip(got["serve_bad_input"], expected, strict=True):
+        assert status == 400 and body["error"].startswith(start), body
     fault = got["fault"]
     assert fault["requests"] > 0 and fault["lost"] == 0 and fault["unfinished_threads"] == 0
     assert fault["ok"] + fault["ok_after_retry"] + fault["error"] == fault["requests"]

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 import depthscale_runtime
-from depthscale_runtime.validation import validate_ids, validate_max_iters, validate_tol
+from depthscale_runtime.validation import MAX_TOKENS_PER_CALL, validate_ids, validate_max_iters, validate_tol
 
 # replicas follow the load: about AUTOSCALING["target_ongoing_requests"] requests in flight per replica
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
@@ -47,6 +47,10 @@ class DepthScaleDeployment:
     def __init__(self, artifact: str, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_s: float = BATCH_WAIT_S,
                  intra_op_threads: int | None = None):
         self.runtime = depthscale_runtime.load(artifact, backend="onnxruntime", intra_op_threads=intra_op_threads)
+        longest = self.runtime.artifact.max_seq_len
+        if not 1 <= max_batch_size * longest <= MAX_TOKENS_PER_CALL:
+            raise ValueError(f"max_batch_size must be in [1, {MAX_TOKENS_PER_CALL // longest}] for this artifact (a batch "
+                             f"of max_seq_len ({longest}) rows must fit {MAX_TOKENS_PER_CALL} tokens per call)")
         self.run_batch.set_max_batch_size(max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(batch_wait_s)
 
