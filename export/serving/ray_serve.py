@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from ray import serve
@@ -89,14 +90,14 @@ class DepthScaleDeployment:
 def app(artifact: str, num_replicas: int | None = None, autoscaling: dict | None = None,
         max_batch_size: int = MAX_BATCH_SIZE, batch_wait_s: float = BATCH_WAIT_S,
         intra_op_threads: int | None = None, cpus_per_replica: float = 1.0) -> serve.Application:
-    """The deployment bound to an artifact: num_replicas fixed replicas, or autoscaling (a Ray Serve
-    autoscaling_config; AUTOSCALING when neither is given)."""
+    """The deployment bound to an artifact (its absolute path, which every node must have): num_replicas
+    fixed replicas, or autoscaling (a Ray Serve autoscaling_config; AUTOSCALING when neither is given)."""
     if num_replicas is not None and autoscaling is not None:
         raise ValueError("give num_replicas or autoscaling, not both")
     options = {"num_replicas": num_replicas} if num_replicas is not None else {
         "autoscaling_config": autoscaling or AUTOSCALING}
     return DepthScaleDeployment.options(**options, ray_actor_options={"num_cpus": cpus_per_replica}).bind(
-        str(artifact), max_batch_size, batch_wait_s, intra_op_threads)
+        str(Path(artifact).resolve()), max_batch_size, batch_wait_s, intra_op_threads)
 
 
 def build_app(args: dict) -> serve.Application:
