@@ -38,7 +38,7 @@ from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_t
 from .decode.gate import DecodeSample, make_decode_samples, run_decode_gate
 from .decode.graphs import decode_spec, decode_unavailable, prefill_spec
 from .graph.export import DEFAULT_OPSET, GraphSpec, export_graph, finish_graph, forward_spec
-from .graph.ops import DOMAIN, DOMAIN_VERSION
+from .graph.ops import DOMAIN, DOMAIN_VERSION, ONNXRUNTIME_MIN
 from .graph.weights import WEIGHTS_FILE, save_graphs
 from .gate.op_check import check_ops
 from .gate.parity import DEFAULT_TOLERANCES, Sample, Tolerances, make_samples, run_gate
@@ -252,6 +252,7 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
                              "python": platform.python_version()},
                 "opset": opts.opset, "precision": opts.precision,
                 "custom_domain": {"domain": DOMAIN, "version": DOMAIN_VERSION},
+                "runtime": {"onnxruntime_min": ONNXRUNTIME_MIN},
                 "graphs": {name: {"file": files[name], "inputs": [_describe(v) for v in g.graph.inputs],
                                   "outputs": [_describe(v) for v in g.graph.outputs]} for name, g in graphs.items()},
                 "weights": WEIGHTS_FILE,

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from . import cuda_driver
 from .errors import BackendUnavailableError, InvalidGraphError
+from .onnx_proto import inline_external
 from .tensorrt_rtx import import_tensorrt_rtx, tensorrt_rtx_missing
 
 
@@ -60,13 +61,16 @@ class OnnxRuntimeBackend:
     def __init__(self, artifact, providers: list[str] | None = None,
                  session_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
                  inter_op_threads: int | None = None):
+        _check_version(artifact)
         self.options = session_options or ort.SessionOptions()
         if intra_op_threads is not None:
             self.options.intra_op_num_threads = intra_op_threads
         if inter_op_threads is not None:
             self.options.inter_op_num_threads = inter_op_threads
+        # ONNX Runtime 1.21-1.23 take no files in memory: there, each graph gets its external data inlined
+        self._inline = not hasattr(self.options, "add_external_initializers_from_files_in_memory")
         external = {name: data for role in artifact.graphs for name, data in artifact.external_files(role).items()}
-        if external:
+        if external and not self._inline:
             self.options.add_external_initializers_from_files_in_memory(
                 list(external), list(external.values()), [len(d) for d in external.values()])
         available = ort.get_available_providers()
@@ -91,7 +95,10 @@ class OnnxRuntimeBackend:
     def _create(self, role: str) -> ort.InferenceSession:
         name = self.artifact.manifest["graphs"][role]["file"]
         try:
-            return ort.InferenceSession(self.artifact.graph_bytes(role), self.options, providers=self._providers)
+            graph = self.artifact.graph_bytes(role)
+            if self._inline:
+                graph = inline_external(graph, self.artifact.files)
+            return ort.InferenceSession(graph, self.options, providers=self._providers)
         except ort.capi.onnxruntime_pybind11_state.NotImplemented as e:
             raise BackendUnavailableError(
                 f"onnxruntime ({', '.join(self._providers)}) has no kernel for an op of this artifact "
@@ -114,6 +121,21 @@ class OnnxRuntimeBackend:
         past = dict(zip(("past_prelude_kv", "past_core_kv", "past_global_kv"), caches))
         logits, iterations, *caches = self._session("decode").run(None, {**_feed(ids, lengths, max_iters, tol), **past})
         return logits, iterations, caches
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string such as "1.21.1" or "1.25.0.dev20260417008"."""
+    parts = [int(p) for p in version.split(".")[:3] if p.isdigit()]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def _check_version(artifact) -> None:
+    """BackendUnavailableError where the installed ONNX Runtime is older than the artifact's
+    runtime.onnxruntime_min."""
+    needed = artifact.manifest.get("runtime", {}).get("onnxruntime_min")
+    if needed is not None and _release(ort.__version__) < _release(needed):
+        raise BackendUnavailableError(f"{artifact.path} needs onnxruntime >= {needed} (its manifest's "
+                                      f"runtime.onnxruntime_min); this one is {ort.__version__}")
 
 
 def onnxruntime_backend(artifact, **options) -> Backend:

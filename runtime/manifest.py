@@ -24,6 +24,7 @@ MAX_SEQ_LEN = 1 << 20
 GRAPH_ROLES = ("model", "prefill", "decode")
 PRECISIONS = ("fp32", "fp16", "bf16")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}")
 DTYPES = ("int64", "float32", "float16", "bfloat16", "int32", "bool", "uint8")
 
 
@@ -126,8 +127,8 @@ def validate(manifest) -> dict:
         raise UnsupportedFormatError(f"format_version {manifest.get('format_version')!r} is not supported; this "
                                      f"runtime reads {ARTIFACT_FORMAT_VERSION} (re-export the model)")
     known = {"format", "format_version", "status", "versions", "opset", "precision", "custom_domain", "graphs",
-             "weights", "decode", "max_seq_len", "max_iters_cap", "recursion", "defaults", "parity", "tensorrt_readiness",
-             "tensorrt", "command", "timings_s", "files"}
+             "weights", "decode", "max_seq_len", "max_iters_cap", "recursion", "defaults", "parity",
+             "tensorrt_readiness", "tensorrt", "command", "timings_s", "files", "runtime"}
     unknown = sorted(set(manifest) - known)
     if unknown:
         raise InvalidManifestError(f"unknown manifest field(s): {', '.join(unknown)[:200]}")
@@ -140,6 +141,10 @@ def validate(manifest) -> dict:
     domain = mapping(manifest, "custom_domain")
     string(domain, "domain", "custom_domain.", choices=("depthscale",))
     integer(domain, "version", 1, 1, "custom_domain.")
+    runtime = mapping(manifest, "runtime", optional=True)         # absent in artifacts exported before it
+    if runtime is not None and (set(runtime) != {"onnxruntime_min"} or not isinstance(runtime["onnxruntime_min"], str)
+                                or not VERSION.fullmatch(runtime["onnxruntime_min"])):
+        _fail("runtime", '{"onnxruntime_min": "X.Y.Z"}', runtime)
     cap = integer(manifest, "max_iters_cap", 0, MAX_ITERS_CAP)
     integer(manifest, "max_seq_len", 1, MAX_SEQ_LEN)
     recursion = mapping(manifest, "recursion", optional=True)       # informational (older artifacts lack it)

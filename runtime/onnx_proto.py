@@ -1,7 +1,8 @@
 """What the loader must know of an ONNX model before ONNX Runtime sees it, read from the protobuf wire
 format (the runtime needs neither the onnx package nor torch): the graph's inputs and outputs, its
 metadata, and every external-data file it references, anywhere (initializers, sparse initializers,
-tensors in attributes, subgraphs, functions).
+tensors in attributes, subgraphs, functions). inline_external() rewrites a model with its external
+initializers inlined, for ONNX Runtimes that take no external data from memory.
 
 Only the fields named below are decoded; every other field is skipped by its wire type. Malformed
 bytes raise ValueError; so does nesting deeper than MAX_DEPTH messages.
@@ -20,7 +21,7 @@ NODE_ATTRIBUTE = 5
 ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
 FUNCTION_NODE = 7
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
-TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 13, 14
+TENSOR_RAW_DATA, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 9, 13, 14
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 VALUE_NAME, VALUE_TYPE = 1, 2
 TYPE_TENSOR, TENSOR_TYPE_ELEM, TENSOR_TYPE_SHAPE, SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 1, 2, 1, 1, 2
@@ -58,8 +59,15 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
 def fields(buf: memoryview):
     """Yield (field number, wire type, value) for one message: an int for varints and fixed-width
     fields, a memoryview for length-delimited ones."""
+    for number, wire, value, _ in _spans(buf):
+        yield number, wire, value
+
+
+def _spans(buf: memoryview):
+    """fields(), each with the field's encoded bytes (key included) as a memoryview."""
     i = 0
     while i < len(buf):
+        start = i
         key, i = _varint(buf, i)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -77,7 +85,7 @@ def fields(buf: memoryview):
             raise ValueError(f"unsupported wire type {wire}")
         if i > len(buf):
             raise ValueError("truncated field")
-        yield number, wire, value
+        yield number, wire, value, buf[start:i]
 
 
 def _text(value) -> str:
@@ -187,3 +195,44 @@ def read_model(data: bytes) -> ModelInfo:
     if graphs != 1:
         raise ValueError("not an ONNX model (no graph)")
     return info
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _rewrite(buf: memoryview, number: int, rewrite) -> bytes:
+    """The message buf with each length-delimited field `number` replaced by rewrite(its value); every
+    other field as it was."""
+    return b"".join(_length_delimited(n, rewrite(v)) if (w == 2 and n == number) else bytes(raw)
+                    for n, w, v, raw in _spans(buf))
+
+
+def inline_external(data: bytes, files: dict[str, bytes]) -> bytes:
+    """data (a serialised ModelProto) with every initializer of its main graph that has external data
+    made inline: raw_data is the entry's bytes (location, offset, length) of files[location]. Entries
+    must have been checked (the loader does). External data anywhere else stays as it is."""
+    def tensor(buf: memoryview) -> bytes:
+        entries, kept = {}, []
+        for n, w, v, raw in _spans(buf):
+            if w == 2 and n == TENSOR_EXTERNAL_DATA:
+                key, value = _entry(v)
+                entries[key] = value
+            elif n != TENSOR_DATA_LOCATION:
+                kept.append(bytes(raw))
+        if not entries:
+            return bytes(buf)
+        offset = int(entries.get("offset", 0))
+        raw_data = files[entries["location"]][offset:offset + int(entries["length"])]
+        return b"".join(kept) + _length_delimited(TENSOR_RAW_DATA, raw_data)
+
+    return _rewrite(memoryview(data), MODEL_GRAPH, lambda graph: _rewrite(graph, GRAPH_INITIALIZER, tensor))

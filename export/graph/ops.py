@@ -25,6 +25,12 @@ DOMAIN = "depthscale"
 DOMAIN_VERSION = 1
 PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1"}
 BODY_OPSET = 18          # the opset the bodies are written in; retagged to the model's opset (>= 18)
+# The oldest ONNX Runtime the graphs run on (the manifest's runtime.onnxruntime_min): 1.17 and older
+# refuse IR version 10, 1.18-1.20 have no CPU kernel for UnpackTernary's int8 Sub (and with it taken
+# out, 1.18.1 and 1.20.1 ran the demo with logits up to 7 off 1.32's). From 1.21 on the graphs run, equal
+# to the bit, because no Transpose feeds a float64 MatMul (1.21-1.25 fuse that pair into a FusedMatMul
+# that has no float64 kernel).
+ONNXRUNTIME_MIN = "1.21.0"
 
 _ds = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
@@ -165,17 +171,18 @@ def BitLinear(X: FLOAT, W: UINT8, G: FLOAT, in_features: int) -> FLOAT:
 
 
 @script(_ds, default_opset=op)
-def CausalChunk(Q: DOUBLE, K: DOUBLE, V: DOUBLE, start: INT64, end: INT64) -> DOUBLE:
+def CausalChunk(Q: DOUBLE, Kt: DOUBLE, V: DOUBLE, start: INT64, end: INT64) -> DOUBLE:
     """Queries start..end-1 of causal attention against keys 0..end-1 (float64);
     depthscale.window_attention._softmax_attend on one chunk. Q [B, Hkv, G, n, D] (query heads grouped
-    by the KV head they share), K/V [B, Hkv, n, D], start/end int64 [1] -> [B, Hkv, G, end - start, D].
-    The G query heads of a KV head go through one product as G · c rows: no expanded K/V."""
+    by the KV head they share), Kt [B, Hkv, D, n] (K transposed), V [B, Hkv, n, D], start/end int64 [1]
+    -> [B, Hkv, G, end - start, D]. The G query heads of a KV head go through one product as G · c
+    rows: no expanded K/V."""
     zero = op.Constant(value_ints=[0])
     two = op.Constant(value_ints=[2])
     three = op.Constant(value_ints=[3])
     scale = op.Reciprocal(op.Sqrt(op.Cast(op.Shape(Q, start=4, end=5), to=11)))
     q = op.Slice(Q, start, end, three)                       # [B, Hkv, G, c, D]
-    k = op.Slice(K, zero, end, two)                          # [B, Hkv, end, D]
+    kt = op.Slice(Kt, zero, end, three)                      # [B, Hkv, D, end]
     v = op.Slice(V, zero, end, two)
     rows = op.Concat(op.Shape(q, start=0, end=2), op.Constant(value_ints=[-1]), op.Shape(q, start=4, end=5),
                      axis=0)
@@ -184,9 +191,9 @@ def CausalChunk(Q: DOUBLE, K: DOUBLE, V: DOUBLE, start: INT64, end: INT64) -> DO
     kpos = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(end, zero), step), [0])
     bias = op.Where(op.LessOrEqual(kpos, qpos), op.Cast(op.Constant(value_float=0.0), to=11),
                     op.Cast(op.Constant(value_float=float("-inf")), to=11))
-    qk = op.Concat(op.Shape(q, start=0, end=4), op.Shape(k, start=2, end=3), axis=0)    # [B, Hkv, G, c, end]
-    gk = op.Concat(op.Shape(q, start=0, end=2), op.Constant(value_ints=[-1]), op.Shape(k, start=2, end=3), axis=0)
-    scores = op.MatMul(op.Reshape(op.Mul(q, scale), rows), op.Transpose(k, perm=[0, 1, 3, 2]))  # [B, Hkv, G·c, end]
+    qk = op.Concat(op.Shape(q, start=0, end=4), op.Shape(kt, start=3, end=4), axis=0)  # [B, Hkv, G, c, end]
+    gk = op.Concat(op.Shape(q, start=0, end=2), op.Constant(value_ints=[-1]), op.Shape(kt, start=3, end=4), axis=0)
+    scores = op.MatMul(op.Reshape(op.Mul(q, scale), rows), kt)                         # [B, Hkv, G·c, end]
     probs = op.Softmax(op.Add(op.Reshape(scores, qk), bias), axis=-1)
     out = op.MatMul(op.Reshape(probs, gk), v)                                           # [B, Hkv, G·c, D]
     return op.Reshape(out, op.Shape(q))
@@ -200,10 +207,10 @@ BLOCKS_CHUNKED_FROM = 48
 
 
 @script(_ds, default_opset=op)
-def BlockAttend(Q: DOUBLE, K: DOUBLE, V: DOUBLE, bias: DOUBLE) -> DOUBLE:
-    """Windowed attention on query blocks (float64): Q [B, Hkv, G, m, b, D] scaled, K/V [B, Hkv, 1, m, k, D],
-    bias [m, b, k] (0 or -inf) -> [B, Hkv, G, m, b, D]."""
-    scores = op.Add(op.MatMul(Q, op.Transpose(K, perm=[0, 1, 2, 3, 5, 4])), bias)
+def BlockAttend(Q: DOUBLE, Kt: DOUBLE, V: DOUBLE, bias: DOUBLE) -> DOUBLE:
+    """Windowed attention on query blocks (float64): Q [B, Hkv, G, m, b, D] scaled, Kt [B, Hkv, 1, m, D, k]
+    (K transposed), V [B, Hkv, 1, m, k, D], bias [m, b, k] (0 or -inf) -> [B, Hkv, G, m, b, D]."""
+    scores = op.Add(op.MatMul(Q, Kt), bias)
     return op.MatMul(op.Softmax(scores, axis=-1), V)
 
 
@@ -214,8 +221,9 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     two = op.Constant(value_ints=[2])
     D = op.Shape(Q, start=3, end=4)
     like = op.Identity(Q)                                   # the result's dtype: the model's precision
-    Q = op.Cast(Q, to=11)                                   # float64 inside, as eager
-    K = op.Cast(K, to=11)
+    # float64 inside, as eager. K is transposed (in its own dtype or float32, exactly) before its Cast to
+    # float64: no Transpose feeds a float64 MatMul (see CachedAttention)
+    Q = op.Cast(Q, to=11)
     V = op.Cast(V, to=11)
     # grouped KV heads: the G = H / Hkv query heads of a KV head share its K/V by broadcasting
     # (eager repeats K/V; the float64 products are the same)
@@ -229,23 +237,24 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
     w = op.Reshape(op.Constant(value_int=window), one)
     if op.Squeeze(op.GreaterOrEqual(w, n), zero):
         # full causal attention: in one block, or in CAUSAL_CHUNKS query chunks from CHUNKED_FROM on
+        Kt = op.Cast(op.Transpose(K, perm=[0, 1, 3, 2]), to=11)                       # [B, Hkv, D, n]
         if op.Squeeze(op.Less(n, op.Constant(value_ints=[CHUNKED_FROM])), zero):
-            out = CausalChunk(Qg, K, V, zero, n)
+            out = CausalChunk(Qg, Kt, V, zero, n)
         else:
             c = op.Div(op.Add(n, op.Constant(value_ints=[CAUSAL_CHUNKS - 1])), op.Constant(value_ints=[CAUSAL_CHUNKS]))
-            out = op.Concat(CausalChunk(Qg, K, V, zero, c),
-                            CausalChunk(Qg, K, V, c, op.Min(op.Mul(c, op.Constant(value_ints=[2])), n)),
-                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[2])),
+            out = op.Concat(CausalChunk(Qg, Kt, V, zero, c),
+                            CausalChunk(Qg, Kt, V, c, op.Min(op.Mul(c, op.Constant(value_ints=[2])), n)),
+                            CausalChunk(Qg, Kt, V, op.Mul(c, op.Constant(value_ints=[2])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[3])), n)),
-                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[3])),
+                            CausalChunk(Qg, Kt, V, op.Mul(c, op.Constant(value_ints=[3])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[4])), n)),
-                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[4])),
+                            CausalChunk(Qg, Kt, V, op.Mul(c, op.Constant(value_ints=[4])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[5])), n)),
-                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[5])),
+                            CausalChunk(Qg, Kt, V, op.Mul(c, op.Constant(value_ints=[5])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[6])), n)),
-                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[6])),
+                            CausalChunk(Qg, Kt, V, op.Mul(c, op.Constant(value_ints=[6])),
                                         op.Min(op.Mul(c, op.Constant(value_ints=[7])), n)),
-                            CausalChunk(Qg, K, V, op.Mul(c, op.Constant(value_ints=[7])), n),
+                            CausalChunk(Qg, Kt, V, op.Mul(c, op.Constant(value_ints=[7])), n),
                             axis=3)
         out = op.Reshape(out, qshape)
     else:
@@ -264,7 +273,8 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
                                 op.Range(op.Constant(value_int=0), op.Squeeze(R1, zero), op.Constant(value_int=1))),
                          op.Constant(value_ints=[-1]))
         kbshape = op.Concat(B, Hkv, one, nb, op.Mul(R1, b), D, axis=0)        # [B, Hkv, 1, nb, (R+1)·b, D]
-        kb = op.Reshape(op.Gather(op.Reshape(op.Pad(K, kvp_pads), blocks), idx, axis=2), kbshape)
+        kb = op.Reshape(op.Gather(op.Reshape(op.Pad(op.Cast(K, to=1), kvp_pads), blocks), idx, axis=2), kbshape)
+        kbt = op.Cast(op.Transpose(kb, perm=[0, 1, 2, 3, 5, 4]), to=11)                   # [B, Hkv, 1, nb, D, (R+1)·b]
         vb = op.Reshape(op.Gather(op.Reshape(op.Pad(V, kvp_pads), blocks), idx, axis=2), kbshape)
         # query blk*b + i, key (blk - R)*b + j; allowed iff 0 <= i - j + R·b < window and key >= 0.
         # min(b, n) is b here (b <= window < n) but depends on n, so ONNX Runtime does not fold the mask
@@ -285,10 +295,10 @@ def WindowAttention(Q: FLOAT, K: FLOAT, V: FLOAT, window: int) -> FLOAT:
         qb = op.Mul(qb, op.Reciprocal(op.Sqrt(op.Cast(D, to=11))))
         # from BLOCKS_CHUNKED_FROM blocks on, the blocks go in BLOCK_CHUNKS pieces (scores stay in cache)
         if op.Less(nb, op.Constant(value_ints=[BLOCKS_CHUNKED_FROM])):
-            ob = BlockAttend(qb, kb, vb, bias)
+            ob = BlockAttend(qb, kbt, vb, bias)
         else:
             q0, q1, q2, q3, q4, q5, q6, q7 = op.Split(qb, axis=3, num_outputs=BLOCK_CHUNKS)
-            k0, k1, k2, k3, k4, k5, k6, k7 = op.Split(kb, axis=3, num_outputs=BLOCK_CHUNKS)
+            k0, k1, k2, k3, k4, k5, k6, k7 = op.Split(kbt, axis=3, num_outputs=BLOCK_CHUNKS)
             v0, v1, v2, v3, v4, v5, v6, v7 = op.Split(vb, axis=3, num_outputs=BLOCK_CHUNKS)
             m0, m1, m2, m3, m4, m5, m6, m7 = op.Split(bias, axis=0, num_outputs=BLOCK_CHUNKS)
             ob = op.Concat(BlockAttend(q0, k0, v0, m0), BlockAttend(q1, k1, v1, m1), BlockAttend(q2, k2, v2, m2),
