@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import small_model
-from depthscale_export.engines.readiness import PARSER_UNSUPPORTED_OPS, RULES, check_tensorrt_readiness
+from depthscale_export.engines.readiness import NONZERO_NOTE, PARSER_UNSUPPORTED_OPS, RULES, check_tensorrt_readiness
 from depthscale_export.engines.rtx import tensorrt_rtx_unavailable
 from depthscale_export.graph.export import export_onnx
 
@@ -149,20 +149,33 @@ PLANTED = {RULES[0]: drop_namespace, RULES[1]: collide, RULES[2]: no_plugin, RUL
            RULES[9]: trip_count(2**31)}
 
 
+def dense_model():
+    model = small_model().packed()
+    model.active_set = False
+    return model
+
+
 @pytest.fixture(scope="module")
 def exported():
+    """The form TensorRT gets: the dense Loop (an active-set artifact's plans are built from it)."""
+    return ir.to_proto(export_onnx(dense_model(), cap=6))
+
+
+@pytest.fixture(scope="module")
+def exported_active():
+    """The artifact's default form: a dense Loop, then an active-set Loop (NonZero inside)."""
     return ir.to_proto(export_onnx(small_model().packed(), cap=6))
 
 
 @pytest.fixture(scope="module")
-def verdicts(exported, tmp_path_factory):
+def verdicts(exported, exported_active, tmp_path_factory):
     """The real TensorRT-RTX verdict on the clean export (parsed and built) and on every planted one."""
     if NO_RTX:
         pytest.skip(f"no real parser to cross-check with: {NO_RTX}")
     root = tmp_path_factory.mktemp("planted")
     args = []
     models = {"clean": exported, **{rule: plant(copy.deepcopy(exported)) for rule, plant in PLANTED.items()},
-              "trip count 16": trip_count(16)(copy.deepcopy(exported))}
+              "trip count 16": trip_count(16)(copy.deepcopy(exported)), "active set": exported_active}
     for i, (name, model) in enumerate(models.items()):
         onnx.save(model, root / f"{i}.onnx")
         args.append(f"{root / f'{i}.onnx'}={'build' if name in ('clean', RULES[7]) else 'parse'}")
@@ -190,6 +203,17 @@ def test_clean_export_is_clean_for_the_parser(exported, verdicts):
     assert {f"{k} input 1: uint8 -> int32" for k in ("BitLinear", "GatedBitLinear")} == {
         c.rsplit(" (", 1)[0] for c in v["plugin_input_conversions"]}
     assert v["count_trip_limits"] == 0                                    # the loop ends by its condition
+
+
+@needs_rtx
+def test_active_set_loop_is_noted_and_the_rtx_parser_wants_a_nonzero_plugin(exported_active, verdicts):
+    """TensorRT-RTX 1.7 imports NonZero only through a plugin it does not ship: the check says so in a note
+    (full TensorRT has a NonZero layer), and the export builds plans from the dense form instead."""
+    report = check_tensorrt_readiness(exported_active)
+    assert report["passed"], failing(report)
+    assert NONZERO_NOTE in next(c for c in report["checks"] if c["check"] == RULES[3])["notes"]
+    v = verdicts["active set"]
+    assert not v["parsed"] and any("NonZero" in e for e in v["errors"]), v
 
 
 @pytest.mark.parametrize("rule", RULES)
