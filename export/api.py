@@ -3,7 +3,8 @@
 Stages (each timed, reported on stderr unless quiet): load, export (the forward graph, and the prefill
 and decode graphs where the model decodes incrementally), functions (our graph passes, then any of
 yours, on every graph), check, parity (the forward gate, the op checks, the decoding gate), engines
-(TensorRT-RTX where it is installed, full TensorRT where it and a GPU are present), write.
+(TensorRT-RTX where it is installed, full TensorRT where it and a GPU are present), write, and sign
+where a private key is given (model.sig, over every file, written before the directory is renamed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from depthscale.model import PRECISIONS
 
 from depthscale.atomic_dir import staging_dir
 from depthscale_runtime.config import LIMITS
+from depthscale_runtime.errors import SignatureError
+from depthscale_runtime.signing import signer
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, write_json
 from .decode.gate import DecodeSample, make_decode_samples, run_decode_gate
@@ -95,6 +98,7 @@ class ExportOptions:
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
     rtx_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))   # TensorRT-RTX: sm86, ...
     command: str | None = None                           # recorded in the manifest
+    sign: str | os.PathLike | None = None                # an EC private key (PEM): sign the artifact (model.sig)
 
 
 class _Progress:
@@ -196,6 +200,10 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         opts = replace(opts, rtx_targets=check_targets(opts.rtx_targets))
     except ValueError as e:
         raise BadInput(str(e)) from None
+    try:
+        sign = None if opts.sign is None else signer(opts.sign)
+    except SignatureError as e:
+        raise BadInput(str(e)) from None
     progress = _Progress(opts.quiet)
     model = progress.stage("load", _load, source)
     cfg = model.config
@@ -260,6 +268,8 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             }
             report["timings_s"] = dict(progress.timings)
             progress.stage("write", _write, tmp, parity, report)
+            if sign is not None:                  # in the staging directory: the artifact is signed or absent
+                progress.stage("sign", sign, tmp)
     except OSError as e:              # disk full, read-only, vanished directory: one line, nothing at OUT
         raise ExportFailed(f"writing the artifact to {out} failed: {e.strerror or e}"
                            + (f" ({e.filename})" if e.filename else "")) from None

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--verify", metavar="PUB.pem", default=None,
+                   help="refuse the artifact unless it is signed with this public key's private key and unchanged")
     g = p.add_argument_group("generation")
     g.add_argument("--generate", type=int, default=None, metavar="N",
                    help="generate N tokens after the input, printing each as it is decoded")
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rt = load(args.artifact, backend=args.backend)
+        rt = load(args.artifact, backend=args.backend, verify=args.verify)
         chars = rt.config.get("tokenizer")
         tok = None
         if args.text is not None:
