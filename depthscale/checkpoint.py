@@ -45,12 +45,31 @@ def _plain_state_dict(model: DepthScaleModel) -> dict[str, torch.Tensor]:
     return sd
 
 
+def check_checkpoint_target(path: str | os.PathLike) -> None:
+    """Whether save_checkpoint(model, path) may write there, checked before any work: the nearest existing
+    parent is a writable directory; a .pt path is not a directory; any other path is absent, an empty
+    directory or an earlier checkpoint directory (never a file or a directory of other things). Raises
+    CheckpointError."""
+    path = Path(path)
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write under {parent} (read-only, not a directory, or permission denied)")
+    if path.suffix == ".pt":
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a directory; a .pt checkpoint is a file")
+    elif path.exists() and (not path.is_dir() or (not (path / CONFIG_FILE).exists() and any(path.iterdir()))):
+        raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
+
+
 def save_checkpoint(model: DepthScaleModel, path: str | os.PathLike) -> Path:
     """Save `model` to `path`: a path ending in .pt gets the single-file form, any other a directory."""
     path = Path(path)
     sd = _plain_state_dict(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".pt":
+        check_checkpoint_target(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -61,8 +80,7 @@ def save_checkpoint(model: DepthScaleModel, path: str | os.PathLike) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
-    if path.exists() and not (path / CONFIG_FILE).exists() and any(path.iterdir()):
-        raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
+    check_checkpoint_target(path)
     with staging_dir(path, replace=True) as tmp_dir:
         save_file(sd, str(tmp_dir / WEIGHTS_FILE), metadata={"format": FORMAT,
                                                              "format_version": str(FORMAT_VERSION)})

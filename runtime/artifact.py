@@ -247,8 +247,8 @@ def _graph(role: str, described: dict, files: dict, manifest: dict, root: Path) 
             raise InvalidGraphError(f"{root}: {name} ({role} graph) has {kind} {got}, the manifest lists "
                                     f"{[d['name'] for d in listed]}; the runtime needs {expected}")
         for value, d in zip(values, listed):
-            if value.elem_type != ONNX_DTYPES[d["dtype"]] or len(value.shape) != len(d["shape"]):
-                raise InvalidGraphError(f"{root}: {name}: {value.name} is not {d['dtype']} of rank {len(d['shape'])} "
+            if value.elem_type != ONNX_DTYPES[d["dtype"]] or list(value.shape) != list(d["shape"]):
+                raise InvalidGraphError(f"{root}: {name}: {value.name} is not {d['dtype']} of shape {d['shape']} "
                                         f"as the manifest says")
     for entry in info.external:
         location = entry.get("location")

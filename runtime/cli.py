@@ -47,10 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate(rt, args, ids, tok) -> dict:
     """Stream the generated tokens (text for tokenizer models) to stdout unless --json; return the result."""
-    if args.stop:
-        stop_ids = tok.encode(args.stop)[1:] if tok else [int(x) for x in args.stop.split(",")]
-    else:
-        stop_ids = []
+    stop_ids = []
+    if args.stop and tok:
+        stop_ids = tok.encode(args.stop)[1:]
+    elif args.stop:
+        try:
+            stop_ids = [int(x) for x in args.stop.split(",")]
+        except ValueError:
+            raise ValueError(f"--stop must be comma-separated integers (or characters, for text models), "
+                             f"got {args.stop!r}") from None
     steps = rt.stream(np.asarray(ids, dtype=np.int64), args.generate, max_iters=args.max_iters, tol=args.tol,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop_ids=stop_ids)
