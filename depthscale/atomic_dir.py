@@ -60,3 +60,36 @@ def staging_dir(out: Path, replace: bool):
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TargetError(ValueError):
+    """An output target that must not or cannot be written; the message says why."""
+
+
+def check_target(out: Path, replace: bool, marker: str, what: str, inputs=()) -> None:
+    """Before any work: staging_dir(out, replace) may write over nothing but an earlier output of its own
+    kind (a directory holding `marker`, and that only with replace); never over one of `inputs` or a
+    directory holding one, the working directory, a file, or a directory of other things; and the
+    nearest existing parent must be writable. `what` names the kind in messages. Raises TargetError."""
+    out = Path(out)
+    where = out.resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if where == src or where in src.parents:
+            raise TargetError(f"{out} would replace its own input {source}; choose another directory")
+    if where == Path.cwd() or where in Path.cwd().parents:
+        raise TargetError(f"{out} is the working directory or holds it; choose another directory")
+    parent = where.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise TargetError(f"cannot write under {parent} (read-only, not a directory, or permission denied)")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not replace:
+        raise TargetError(f"{out} exists (use --force to replace it)")
+    if out.is_symlink() or not out.is_dir():
+        raise TargetError(f"{out} is not a directory; --force replaces only an earlier {what}")
+    if any(out.iterdir()) and not (out / marker).is_file():
+        raise TargetError(f"{out} is not a {what} (it has no {marker}); --force replaces only an earlier "
+                          f"{what}, so move it away yourself if it should go")

@@ -29,6 +29,7 @@ FORMAT = "depthscale"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -44,12 +45,31 @@ def _plain_state_dict(model: DepthScaleModel) -> dict[str, torch.Tensor]:
     return sd
 
 
+def check_checkpoint_target(path: str | os.PathLike) -> None:
+    """Whether save_checkpoint(model, path) may write there, checked before any work: the nearest existing
+    parent is a writable directory; a .pt path is not a directory; any other path is absent, an empty
+    directory or an earlier checkpoint directory (never a file or a directory of other things). Raises
+    CheckpointError."""
+    path = Path(path)
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write under {parent} (read-only, not a directory, or permission denied)")
+    if path.suffix == ".pt":
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a directory; a .pt checkpoint is a file")
+    elif path.exists() and (not path.is_dir() or (not (path / CONFIG_FILE).exists() and any(path.iterdir()))):
+        raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
+
+
 def save_checkpoint(model: DepthScaleModel, path: str | os.PathLike) -> Path:
     """Save `model` to `path`: a path ending in .pt gets the single-file form, any other a directory."""
     path = Path(path)
     sd = _plain_state_dict(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".pt":
+        check_checkpoint_target(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -60,8 +80,7 @@ def save_checkpoint(model: DepthScaleModel, path: str | os.PathLike) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
-    if path.exists() and not (path / CONFIG_FILE).exists() and any(path.iterdir()):
-        raise CheckpointError(f"{path} exists and is not a DepthScale checkpoint directory; not replacing it")
+    check_checkpoint_target(path)
     with staging_dir(path, replace=True) as tmp_dir:
         save_file(sd, str(tmp_dir / WEIGHTS_FILE), metadata={"format": FORMAT,
                                                              "format_version": str(FORMAT_VERSION)})
@@ -87,7 +106,9 @@ def load_checkpoint(path: str | os.PathLike, loop: str = "auto") -> DepthScaleMo
 def _check_pt_file(path: Path) -> None:
     """Before torch.load sees it: a regular file (not /dev/zero or a FIFO), a zip archive as torch.save
     writes (a plain pickle is refused, with why), whose entries are stored (torch.save never compresses,
-    so a compressed entry can only be there to be inflated: a decompression bomb)."""
+    so a compressed entry can only be there to be inflated: a decompression bomb), and whose pickle holds
+    only what a checkpoint needs (_check_pickle; torch itself checks each storage's declared size against
+    its stored record before allocating it)."""
     if not stat.S_ISREG(path.stat().st_mode):
         raise CheckpointError(f"{path}: not a regular file")
     with open(path, "rb") as f:
@@ -100,11 +121,50 @@ def _check_pt_file(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             compressed = [i.filename for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            if compressed:
+                raise CheckpointError(f"{path}: refused: compressed entries ({compressed[0]}, ...); torch.save "
+                                      f"stores them uncompressed, and DepthScale does not inflate what it did not write")
+            pickles = [i for i in zf.infolist() if i.filename.endswith(".pkl")]
+            for info in pickles:
+                if info.file_size > MAX_PICKLE_BYTES:
+                    raise CheckpointError(f"{path}: refused: {info.filename} is {info.file_size} bytes, more than "
+                                          f"{MAX_PICKLE_BYTES} (a checkpoint's pickle holds only the tensors' index)")
+                _check_pickle(zf.read(info), f"{path}: {info.filename}")
     except (zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt file ({e})") from None
-    if compressed:
-        raise CheckpointError(f"{path}: refused: compressed entries ({compressed[0]}, ...); torch.save stores "
-                              f"them uncompressed, and DepthScale does not inflate what it did not write")
+    if not pickles:
+        raise CheckpointError(f"{path}: not a DepthScale checkpoint (a zip archive without torch.save's data.pkl)")
+
+
+# What the pickle of a checkpoint torch.save wrote may hold (protocol 2): plain containers, numbers,
+# strings, and tensors rebuilt from the archive's storages. Anything else is refused before torch.load
+# runs, so nothing it could build is ever allocated (torch's weights_only unpickler would build, say,
+# bytearray(3e9) from a 30-byte pickle).
+MAX_PICKLE_BYTES = 8 << 20
+_PICKLE_OPCODES = {"PROTO", "STOP", "MARK", "GLOBAL", "REDUCE", "BINPERSID", "BINPUT", "LONG_BINPUT", "BINGET",
+                   "LONG_BINGET", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+                   "SETITEM", "SETITEMS", "APPEND", "APPENDS", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT",
+                   "NEWTRUE", "NEWFALSE", "NONE", "BINUNICODE", "SHORT_BINUNICODE"}
+_PICKLE_GLOBALS = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
+                   *(f"torch {t}Storage" for t in ("Float", "Double", "Half", "BFloat16"))}
+
+
+def _check_pickle(data: bytes, where: str) -> None:
+    """Refuse a pickle with any opcode or global outside what a checkpoint needs (read with pickletools,
+    which lists opcodes and never executes or allocates what they describe)."""
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name not in _PICKLE_OPCODES:
+                raise CheckpointError(f"{where}: refused: pickle opcode {opcode.name}, which a DepthScale "
+                                      f"checkpoint never holds")
+            if opcode.name == "GLOBAL" and arg not in _PICKLE_GLOBALS:
+                raise CheckpointError(f"{where}: refused: the pickle builds {arg.replace(' ', '.')}; a checkpoint "
+                                      f"holds only dense tensors and plain data, and DepthScale never runs arbitrary "
+                                      f"code from one")
+    except CheckpointError:
+        raise
+    except ValueError as e:                             # pickletools: truncated or malformed
+        raise CheckpointError(f"{where}: truncated or corrupt pickle ({e})") from None
 
 
 def _read_pt(path: Path) -> tuple[DepthScaleConfig, dict]:
@@ -158,6 +218,8 @@ def _read_directory(path: Path) -> tuple[DepthScaleConfig, dict]:
     for f in (cfg_file, weights_file):
         if not f.is_file():
             raise CheckpointError(f"{path}: not a DepthScale checkpoint directory (missing {f.name})")
+    if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{cfg_file}: larger than {MAX_CONFIG_BYTES} bytes; not a model config")
     try:
         cfg = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

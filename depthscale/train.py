@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
-from depthscale_runtime.config import DepthScaleConfig
+from .checkpoint import check_checkpoint_target, save_checkpoint
+from depthscale_runtime.config import LIMITS, DepthScaleConfig
 from depthscale_runtime.interrupt import interruptible
 from .model import DepthScaleModel
 from .tasks import IGNORE, Task, get_task
@@ -81,8 +81,38 @@ def evaluate(model: DepthScaleModel, task: Task, iters=EVAL_ITERS, batch: int = 
     return acc
 
 
+def check_options(opts: TrainOptions, config: DepthScaleConfig) -> None:
+    """Every option in its range for `config`, before anything is built. Raises ValueError naming the
+    option as its depthscale-train flag."""
+    def fail(name, rule, value):
+        raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+
+    def integer(name, low, high=None):
+        value = getattr(opts, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            fail(name, f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}", value)
+
+    for name in ("steps", "batch_size", "eval_every", "eval_batch"):
+        integer(name, 1)
+    integer("seq_len", 1, config.max_seq_len - 1)                 # examples are seq_len tokens plus BOS
+    integer("min_seq_len", 1, opts.seq_len)
+    integer("warmup", 0)
+    integer("min_train_iters", 0, config.max_iters)
+    if opts.threads is not None:
+        integer("threads", 1)
+    for name, positive in (("lr", True), ("clip", True), ("weight_decay", False)):
+        value = getattr(opts, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (positive and value == 0):
+            fail(name, "a finite number " + ("> 0" if positive else ">= 0"), value)
+    if not all(isinstance(t, int) and 0 <= t <= LIMITS["max_iters"] for t in opts.eval_iters):
+        fail("eval_iters", f"ints in [0, {LIMITS['max_iters']}]", opts.eval_iters)
+
+
 def train(config: DepthScaleConfig, opts: TrainOptions, progress: bool = True) -> TrainResult:
-    """Train a fresh model on config.task. Deterministic for a given seed and thread count."""
+    """Train a fresh model on config.task. Deterministic for a given seed and thread count. Raises
+    ValueError for options out of range (check_options)."""
+    check_options(opts, config)
     if config.task is None:
         raise ValueError("config.task must name a task to train on")
     task = get_task(config.task)
@@ -165,10 +195,8 @@ def _main(argv=None) -> int:
         opts = TrainOptions(**{k: getattr(args, k) for k in (
             "steps", "batch_size", "seq_len", "min_seq_len", "warmup", "eval_every", "seed", "threads",
             "min_train_iters", "lr", "weight_decay", "clip")})
-        if opts.steps < 1 or opts.batch_size < 1 or opts.seq_len < 1:
-            raise ValueError("steps, batch-size and seq-len must be >= 1")
-        if not 1 <= opts.min_seq_len <= opts.seq_len:
-            raise ValueError("min-seq-len must be in [1, seq-len]")
+        check_options(opts, config)
+        check_checkpoint_target(args.out)
     except ValueError as e:
         print(f"depthscale-train: error: {e}", file=sys.stderr)
         return 2

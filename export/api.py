@@ -3,12 +3,14 @@
 Stages (each timed, reported on stderr unless quiet): load, export (the forward graph, and the prefill
 and decode graphs where the model decodes incrementally), functions (our graph passes, then any of
 yours, on every graph), check, parity (the forward gate, the op checks, the decoding gate), engines
-(TensorRT-RTX where it is installed, full TensorRT where it and a GPU are present), write.
+(TensorRT-RTX where it is installed, full TensorRT where it and a GPU are present), write, and sign
+where a private key is given (model.sig, over every file, written before the directory is renamed).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from fractions import Fraction
 import platform
@@ -31,8 +33,10 @@ import depthscale
 from depthscale import DepthScaleModel, load_checkpoint
 from depthscale.model import PRECISIONS
 
-from depthscale.atomic_dir import staging_dir
+from depthscale.atomic_dir import TargetError, check_target, staging_dir
 from depthscale_runtime.config import LIMITS
+from depthscale_runtime.errors import SignatureError
+from depthscale_runtime.signing import signer
 
 from .artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, file_table, write_json
 from .decode.gate import DecodeSample, make_decode_samples, run_decode_gate
@@ -99,6 +103,7 @@ class ExportOptions:
     trt_profile: Profile | None = None                   # default: Profile.default(max_seq_len)
     rtx_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))   # TensorRT-RTX: sm86, ...
     command: str | None = None                           # recorded in the manifest
+    sign: str | os.PathLike | None = None                # an EC private key (PEM): sign the artifact (model.sig)
 
 
 class _Progress:
@@ -151,27 +156,28 @@ def _passes(graphs: dict[str, ir.Model], graph_passes, metadata: dict[str, str])
 def _check_output(out: Path, source, force: bool) -> None:
     """The export writes over nothing but an earlier artifact (and that only with force): never over its
     own input or a directory holding it, the working directory, a file, or a directory of other things."""
-    where = out.resolve()
-    if isinstance(source, (str, os.PathLike)):
-        src = Path(source).resolve()
-        if where == src or where in src.parents:
-            raise BadInput(f"-o {out} would replace the export's own input {source}; choose another directory")
-    if where == Path.cwd() or where in Path.cwd().parents:
-        raise BadInput(f"-o {out} is the working directory or holds it; choose another directory")
-    parent = where.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write under {parent} (read-only or permission denied)")
-    if not out.exists() and not out.is_symlink():
-        return
-    if not force:
-        raise BadInput(f"{out} exists (use --force to replace it)")
-    if out.is_symlink() or not out.is_dir():
-        raise BadInput(f"{out} is not a directory; --force replaces only an earlier artifact directory")
-    if any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise BadInput(f"{out} is not a DepthScale artifact (it has no {MANIFEST}); --force replaces only an "
-                       f"earlier artifact, so move it away yourself if it should go")
+    inputs = [source] if isinstance(source, (str, os.PathLike)) else []
+    try:
+        check_target(out, force, MANIFEST, "DepthScale artifact", inputs)
+    except TargetError as e:
+        raise BadInput(f"-o {e}" if str(e).startswith(str(out)) else str(e)) from None
+
+
+def _check_gate_options(opts: ExportOptions) -> None:
+    """The gate's tolerances, budgets and seed, before any work (a NaN tolerance or a negative budget
+    would otherwise fail or skew the gate after minutes)."""
+    for name, value in vars(opts.tolerances).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise BadInput(f"{'--' + name.replace('_', '-')} (tolerance {name}) must be a finite number >= 0, "
+                           f"got {value!r}")
+    for t in opts.iters or ():
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= LIMITS["max_iters"]:
+            raise BadInput(f"--iters values must be ints in [0, {LIMITS['max_iters']}], got {t!r}")
+    for tol in opts.tols or ():
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise BadInput(f"--tols values must be finite numbers >= 0, got {tol!r}")
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**32:
+        raise BadInput(f"--seed must be an int in [0, 2**32), got {opts.seed!r}")
 
 
 def export(source, out_dir, options: ExportOptions | None = None, **overrides) -> dict:
@@ -196,9 +202,14 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
         raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
     if opts.tolerances is None:
         opts = replace(opts, tolerances=DEFAULT_TOLERANCES[opts.precision])
+    _check_gate_options(opts)
     try:
         opts = replace(opts, rtx_targets=check_targets(opts.rtx_targets))
     except ValueError as e:
+        raise BadInput(str(e)) from None
+    try:
+        sign = None if opts.sign is None else signer(opts.sign)
+    except SignatureError as e:
         raise BadInput(str(e)) from None
     progress = _Progress(opts.quiet)
     model = progress.stage("load", _load, source)
@@ -267,6 +278,8 @@ def export(source, out_dir, options: ExportOptions | None = None, **overrides) -
             }
             report["timings_s"] = dict(progress.timings)
             progress.stage("write", _write, tmp, parity, report)
+            if sign is not None:                  # in the staging directory: the artifact is signed or absent
+                progress.stage("sign", sign, tmp)
     except OSError as e:              # disk full, read-only, vanished directory: one line, nothing at OUT
         raise ExportFailed(f"writing the artifact to {out} failed: {e.strerror or e}"
                            + (f" ({e.filename})" if e.filename else "")) from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from depthscale import CheckpointError, load_checkpoint
 from depthscale_runtime import ArtifactError, open_artifact
@@ -19,11 +21,12 @@ DEFAULT_SEED = 20261123      # differs from the export's, so the inputs are fres
 
 
 def check_artifact(artifact_dir, checkpoint, shapes=((1, 7), (2, 33)), iters=None, tols=None,
-                   seed: int = DEFAULT_SEED, allow_failed: bool = False) -> dict:
-    """Verify the artifact (hashes, status), then compare it with eager on new seeded inputs using the
-    tolerances it was exported with. Returns a report with "passed". Raises ArtifactError or
-    CheckpointError for unusable inputs."""
-    artifact = open_artifact(artifact_dir, allow_failed=allow_failed)
+                   seed: int = DEFAULT_SEED, allow_failed: bool = False, verify=None) -> dict:
+    """Verify the artifact (hashes, status; its signature with the public key `verify`, a PEM path, when
+    given), then compare it with eager on new seeded inputs using the tolerances it was exported with.
+    The comparison runs the bytes that were verified (a private copy), never the directory again.
+    Returns a report with "passed". Raises ArtifactError or CheckpointError for unusable inputs."""
+    artifact = open_artifact(artifact_dir, allow_failed=allow_failed, verify=verify)
     model = load_checkpoint(checkpoint).packed().to_precision(artifact.manifest.get("precision", "fp32"))
     if model.config.to_dict() != artifact.config:
         raise ArtifactError(f"{artifact_dir}: its config.json is not {checkpoint}'s config")
@@ -32,7 +35,12 @@ def check_artifact(artifact_dir, checkpoint, shapes=((1, 7), (2, 33)), iters=Non
     iters = iters if iters is not None else sorted({0, 1, min(4, cap), cap})
     tols = tols if tols is not None else sorted({0.0, float(artifact.config["tol"])})
     samples = make_samples(list(shapes), [min(t, cap) for t in iters], list(tols))
-    gate = run_gate(model, str(artifact.model_path), samples, tolerances, seed)
+    with tempfile.TemporaryDirectory(prefix="depthscale-check-") as private:
+        for name, content in artifact.files.items():
+            (Path(private) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(private) / name).write_bytes(content)
+        gate = run_gate(model, str(Path(private) / artifact.manifest["graphs"]["model"]["file"]), samples,
+                        tolerances, seed)
     return {"artifact": str(artifact_dir), "checkpoint": str(checkpoint), "seed": seed, **gate["summary"],
             "rows": gate["samples"]}
 
@@ -60,10 +68,13 @@ def _main(argv=None) -> int:
     p.add_argument("--against", required=True, help="the checkpoint the artifact was exported from")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--allow-failed", action="store_true", help="check an artifact whose export gate failed")
+    p.add_argument("--verify", metavar="PUB.pem", default=None,
+                   help="refuse the artifact unless it is signed with this public key's private key and unchanged")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
-        report = check_artifact(args.artifact, args.against, seed=args.seed, allow_failed=args.allow_failed)
+        report = check_artifact(args.artifact, args.against, seed=args.seed, allow_failed=args.allow_failed,
+                                verify=args.verify)
     except (ArtifactError, CheckpointError) as e:
         print(f"depthscale-check: error: {e}", file=sys.stderr)
         return 2

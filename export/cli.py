@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-profile", type=_profile, default=None, metavar="MIN:OPT:MAX",
                    help="TensorRT optimisation profile over batch and seq, e.g. 1x1:1x512:8x4096 "
                         "(default 1x1:1x512:8xmax_seq_len)")
+    p.add_argument("--sign", metavar="KEY.pem", default=None,
+                   help="sign the artifact with this elliptic-curve private key (PEM; offline, no Sigstore); "
+                        "needs the 'sign' extra. Verify with depthscale-check --verify or load(verify=...)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="print every parity sample")
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
                          decode=not args.no_decode, engines=not args.no_engines, active_set=not args.dense_loop,
                          active_crossover=args.active_crossover, trt_profile=args.trt_profile,
                          rtx_targets=args.rtx_targets,
-                         tols=args.tols, quiet=args.quiet, command=shlex.join(["depthscale-export", *argv]))
+                         tols=args.tols, quiet=args.quiet, sign=args.sign, command=shlex.join(["depthscale-export", *argv]))
     if args.shapes:
         opts.shapes = args.shapes
     if args.decode_shapes:

@@ -6,6 +6,10 @@ never run. Before anything else reads it, the manifest is checked against its sc
 and its fields that drive behaviour against the hashed files. Nothing outside the directory is opened:
 listed paths are normalised relative paths, opened one component at a time without following
 symlinks, and only regular files are read (a FIFO or device is refused without blocking).
+
+With verify= (a public key), the signature (signing.py) is read and verified first, the manifest's bytes
+must be the signed ones before it is parsed, each file's bytes as read must be the signed ones, and the
+directory must hold exactly the signed files: the bytes checked are the bytes used.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from pathlib import Path
 
 from .config import DepthScaleConfig
 from .errors import (ArtifactError, HashMismatchError, InvalidConfigError, InvalidGraphError, InvalidManifestError,
-                     MissingFileError, ParityFailedError, UnsafePathError)
+                     MissingFileError, ParityFailedError, SignatureError, UnsafePathError)
 from .manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MAX_MANIFEST_BYTES, parse_json, relative_path,
                        validate)
 from .onnx_proto import ModelInfo, read_model
+from .signing import MAX_SIGNATURE_BYTES, SIGNATURE, check_signed, public_key, signed_digests
 
 MANIFEST = "manifest.json"
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_FORMAT_VERSION", "MANIFEST", "Artifact", "open_artifact", "sha256"]
@@ -147,12 +152,15 @@ def _read(root_fd: int, name: str, root: Path, size: int | None, limit: int) -> 
         os.close(fd)
 
 
-def open_artifact(path, allow_failed: bool = False) -> Artifact:
+def open_artifact(path, allow_failed: bool = False, verify=None) -> Artifact:
     """Verify and open an artifact: the manifest's schema, every listed file read once and matching its
     sha256, config.json a valid config, each graph of the expected interface with its external data in
     listed files, the manifest's cap, lengths and defaults agreeing with config.json and the graphs, and
-    a passed parity status (unless allow_failed). Raises an ArtifactError subclass naming the problem."""
+    a passed parity status (unless allow_failed). verify: a public key (PEM path); the artifact must then
+    be signed with its private key, and hold exactly the files signed, unchanged (SignatureError).
+    Raises an ArtifactError subclass naming the problem."""
     root = Path(path)
+    verifier = None if verify is None else public_key(verify)
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -160,18 +168,25 @@ def open_artifact(path, allow_failed: bool = False) -> Artifact:
     except OSError as e:
         raise ArtifactError(f"{root}: cannot open the artifact directory: {e.strerror}") from None
     try:
+        signed = None if verifier is None else _signature(root_fd, root, verifier)
         try:
             data = _read(root_fd, MANIFEST, root, None, MAX_MANIFEST_BYTES)
         except MissingFileError:
             raise MissingFileError(f"{root}: no {MANIFEST} (not an artifact, or an incomplete one)") from None
+        if signed is not None:
+            check_signed(MANIFEST, data, signed, str(root))
         manifest = validate(parse_json(data, f"{root / MANIFEST}"))
         files = {}
         for name, entry in manifest["files"].items():
             content = _read(root_fd, name, root, entry["bytes"], entry["bytes"])
+            if signed is not None:
+                check_signed(name, content, signed, str(root))
             if hashlib.sha256(content).hexdigest() != entry["sha256"]:
                 raise HashMismatchError(f"{root}: {name} does not match its sha256 in the manifest "
                                         f"(modified after export?)")
             files[name] = content
+        if signed is not None:
+            _exactly_signed(root_fd, root, set(signed))
     finally:
         os.close(root_fd)
     config = _config(files["config.json"], root)
@@ -181,6 +196,31 @@ def open_artifact(path, allow_failed: bool = False) -> Artifact:
         raise ParityFailedError(f"{root}: the artifact failed its parity gate at export "
                                 f"(status {manifest['status']!r}); pass allow_failed=True to load it anyway")
     return Artifact(path=root, manifest=manifest, config=config.to_dict(), files=files, graphs=graphs)
+
+
+def _signature(root_fd: int, root: Path, verifier) -> dict[str, str]:
+    """The digests the artifact's signature signs, once it verifies."""
+    try:
+        signature = _read(root_fd, SIGNATURE, root, None, MAX_SIGNATURE_BYTES)
+    except MissingFileError:
+        raise SignatureError(f"{root}: not signed (no {SIGNATURE}); it was exported without --sign, "
+                             f"or the signature was removed") from None
+    return signed_digests(signature, verifier, str(root))
+
+
+def _exactly_signed(root_fd: int, root: Path, signed: set[str]) -> None:
+    """The directory holds the signed files and the signature, nothing else (no symlink either)."""
+    present = set()
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
+        prefix = "" if dirpath == "." else dirpath[2:] + "/"
+        links = [d for d in dirnames if stat.S_ISLNK(os.stat(d, dir_fd=dir_fd, follow_symlinks=False).st_mode)]
+        present.update(prefix + name for name in [*filenames, *links])
+    present.discard(SIGNATURE)
+    if present != signed:
+        added, removed = sorted(present - signed), sorted(signed - present)
+        raise SignatureError(f"{root}: the files are not the ones signed"
+                             + (f"; not signed: {', '.join(added[:5])}" if added else "")
+                             + (f"; signed but missing: {', '.join(removed[:5])}" if removed else ""))
 
 
 def _config(data: bytes, root: Path) -> DepthScaleConfig:
@@ -207,8 +247,8 @@ def _graph(role: str, described: dict, files: dict, manifest: dict, root: Path) 
             raise InvalidGraphError(f"{root}: {name} ({role} graph) has {kind} {got}, the manifest lists "
                                     f"{[d['name'] for d in listed]}; the runtime needs {expected}")
         for value, d in zip(values, listed):
-            if value.elem_type != ONNX_DTYPES[d["dtype"]] or len(value.shape) != len(d["shape"]):
-                raise InvalidGraphError(f"{root}: {name}: {value.name} is not {d['dtype']} of rank {len(d['shape'])} "
+            if value.elem_type != ONNX_DTYPES[d["dtype"]] or list(value.shape) != list(d["shape"]):
+                raise InvalidGraphError(f"{root}: {name}: {value.name} is not {d['dtype']} of shape {d['shape']} "
                                         f"as the manifest says")
     for entry in info.external:
         location = entry.get("location")

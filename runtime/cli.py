@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--verify", metavar="PUB.pem", default=None,
+                   help="refuse the artifact unless it is signed with this public key's private key and unchanged")
     g = p.add_argument_group("generation")
     g.add_argument("--generate", type=int, default=None, metavar="N",
                    help="generate N tokens after the input, printing each as it is decoded")
@@ -45,10 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate(rt, args, ids, tok) -> dict:
     """Stream the generated tokens (text for tokenizer models) to stdout unless --json; return the result."""
-    if args.stop:
-        stop_ids = tok.encode(args.stop)[1:] if tok else [int(x) for x in args.stop.split(",")]
-    else:
-        stop_ids = []
+    stop_ids = []
+    if args.stop and tok:
+        stop_ids = tok.encode(args.stop)[1:]
+    elif args.stop:
+        try:
+            stop_ids = [int(x) for x in args.stop.split(",")]
+        except ValueError:
+            raise ValueError(f"--stop must be comma-separated integers (or characters, for text models), "
+                             f"got {args.stop!r}") from None
     steps = rt.stream(np.asarray(ids, dtype=np.int64), args.generate, max_iters=args.max_iters, tol=args.tol,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop_ids=stop_ids)
@@ -75,7 +82,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rt = load(args.artifact, backend=args.backend)
+        rt = load(args.artifact, backend=args.backend, verify=args.verify)
         chars = rt.config.get("tokenizer")
         tok = None
         if args.text is not None:

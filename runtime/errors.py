@@ -43,5 +43,15 @@ class InvalidGraphError(ArtifactError):
     does not list, or ONNX Runtime refuses it."""
 
 
+class SignatureError(ArtifactError):
+    """Loading with verify=: the artifact has no signature, the signature does not verify with the given
+    public key (another key, or altered), or the files are not exactly the files signed (one changed,
+    added or removed). Also: a key that cannot be used."""
+
+
+class SigningUnavailableError(SignatureError):
+    """Signing or verifying was asked for, but the optional model-signing package is not installed."""
+
+
 class DecodingUnavailableError(RuntimeError):
     """The artifact (or the backend) cannot decode incrementally; the message says why."""

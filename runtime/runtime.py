@@ -111,8 +111,11 @@ class Runtime:
         return self._backend
 
 
-def load(artifact_dir, backend: str = "auto", allow_failed: bool = False, **options) -> Runtime:
+def load(artifact_dir, backend: str = "auto", allow_failed: bool = False, verify=None, **options) -> Runtime:
     """Verify the artifact (ArtifactError subclasses on failure) and start a backend.
+
+    verify: a public key (PEM path): refuse the artifact (SignatureError) unless it is signed with the
+    matching private key and holds exactly the signed files, unchanged (docs/artifact.md, "Signing").
 
     backend: "auto" (the fastest available: TensorRT where it works, else ONNX Runtime), "onnxruntime"
     or "tensorrt". options go to the backend: for onnxruntime, providers, session_options,
@@ -120,7 +123,7 @@ def load(artifact_dir, backend: str = "auto", allow_failed: bool = False, **opti
     """
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
-    artifact = open_artifact(artifact_dir, allow_failed=allow_failed)
+    artifact = open_artifact(artifact_dir, allow_failed=allow_failed, verify=verify)
     names = list(BACKENDS) if backend == "auto" else [backend]
     for name in names:
         try:

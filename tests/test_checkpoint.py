@@ -1,7 +1,11 @@
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,8 +150,8 @@ def test_wrong_shape(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("odd, named", [(lambda w: w.to_sparse(), "sparse_coo tensor"),
-                                         (lambda w: torch.empty(w.shape, device="meta"), "on meta")])
+@pytest.mark.parametrize("odd, named", [(lambda w: w.to_sparse(), "builds torch._utils._rebuild_sparse_tensor"),
+                                         (lambda w: torch.empty(w.shape, device="meta"), "_rebuild_meta_tensor")])
 def test_sparse_and_meta_tensors_are_refused(tmp_path, odd, named):
     path = edited(tmp_path, lambda o: o["state_dict"].update({"head.weight": odd(o["state_dict"]["head.weight"])}))
     with pytest.raises(CheckpointError, match=named):
@@ -187,3 +191,66 @@ def test_directory_save_replaces_previous_checkpoint_whole(tmp_path):
     loaded = load_checkpoint(d)
     assert torch.equal(loaded.embed.weight, small_model(seed=2).embed.weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def hostile_checkpoints(directory) -> dict:
+    """Small files that used to cost gigabytes (or hang) when loaded: {name: path}. Each is refused."""
+    import struct
+    good = save_checkpoint(small_model(), directory / "good.pt")
+    with zipfile.ZipFile(good) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    pkl = next(n for n in entries if n.endswith("data.pkl"))
+
+    def rezip(name, data_pkl, compression=zipfile.ZIP_STORED):
+        with zipfile.ZipFile(directory / name, "w", compression) as dst:
+            for n, data in entries.items():
+                dst.writestr(n, data_pkl if n == pkl and data_pkl is not None else data)
+        return directory / name
+
+    bytearray_3gb = b"\x80\x02cbuiltins\nbytearray\n\x8a\x05" + (3 * 10**9).to_bytes(5, "little") + b"\x85R."
+    data = entries[pkl]
+    at = data.index(b"X\x03\x00\x00\x00cpu")                   # the first storage's ('storage', type, key, 'cpu', numel)
+    numel = re.compile(rb"(?:q.|r....)?(K.|M..|J....)", re.S).match(data, at + 8)
+    huge = data[:numel.start(1)] + b"J" + struct.pack("<i", 750_000_000) + data[numel.end(1):]   # 3 GB declared
+    bomb = rezip("bomb.pt", None, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as zf:    # 1 GB of zeros in about 1 MB
+        with zf.open("zeros/data/99", "w", force_zip64=True) as f:
+            for _ in range(1024):
+                f.write(bytes(1 << 20))
+    fifo = directory / "fifo.pt"
+    os.mkfifo(fifo)
+    (directory / "bytearray.pkl").write_bytes(bytearray_3gb)
+    (directory / "bytearray8.pkl").write_bytes(b"\x80\x05\x96" + (3 * 10**9).to_bytes(8, "little") + b".")
+    return {"bytearray(3e9) in a torch.save zip": rezip("bytearray.pt", bytearray_3gb),
+            "bytearray(3e9) as a plain pickle": directory / "bytearray.pkl",
+            "BYTEARRAY8 of 3e9 declared": directory / "bytearray8.pkl",
+            "storage of 3 GB declared": rezip("huge_storage.pt", huge),
+            "deflate bomb": bomb, "/dev/zero": Path("/dev/zero"), "FIFO": fifo}
+
+
+def test_small_hostile_checkpoints_are_refused_before_allocating(tmp_path):
+    """Each file is refused, and the peak RSS of the process that loads all of them (ru_maxrss, in a
+    subprocess) stays within 200 MB of what it was after importing torch: nothing was allocated for them.
+    (bytearray(3e9) in a torch.save zip reached 3.1 GB before the pickle was checked.)"""
+    cases = hostile_checkpoints(tmp_path)
+    assert (tmp_path / "bytearray.pkl").stat().st_size < 40 and (tmp_path / "bomb.pt").stat().st_size < 4 << 20
+    code = f"""
+import resource, signal
+from depthscale import CheckpointError, load_checkpoint
+signal.alarm(60)                                              # a hang fails the test instead of blocking it
+mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = mb()
+for name, path in {({k: str(v) for k, v in cases.items()})!r}.items():
+    try:
+        load_checkpoint(path)
+        print("ACCEPTED", name)
+    except CheckpointError as e:
+        print("refused", name, "|", str(e).splitlines()[0][:80])
+print(f"peak {{mb():.0f}} MB, after imports {{base:.0f}} MB")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(" |")[0] for line in lines[:-1]] == [f"refused {name}" for name in cases], proc.stdout
+    peak, base = map(float, re.match(r"peak (\d+) MB, after imports (\d+) MB", lines[-1]).groups())
+    assert peak - base < 200, proc.stdout

@@ -1,5 +1,6 @@
 """depthscale-export as a real subprocess: the artifact, the gate, exit codes."""
 
+import importlib.util
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import sys
 import onnx
 import pytest
 
+import depthscale_runtime as dr
 from depthscale import demo_checkpoint
 from depthscale_export.graph.ops import BODY_HELPERS
 
@@ -216,10 +218,18 @@ def test_force_replaces_and_bad_usage_exits_2(tmp_path):
     out.mkdir()
     (out / "manifest.json").write_text("{}")                 # an earlier artifact (--force replaces only those)
     (out / "old.txt").write_text("old")
+    signing = importlib.util.find_spec("model_signing") is not None     # the "sign" extra (CI installs it)
+    if signing:
+        from test_signing import keypair
+        key, public = keypair(tmp_path, "key", "prime256v1")
     proc = run_cli(DEMO, "-o", out, "--force", "--max-iters-cap", "4", "--shapes", "1x3", "--iters", "2",
-                   "--decode-shapes", "1x2+2", "--dense-loop", "-q")
+                   "--decode-shapes", "1x2+2", "--dense-loop", "-q", *(["--sign", key] if signing else []))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (out / "old.txt").exists() and (out / "manifest.json").exists()
+    if signing:                                               # signed in the staging directory, before the rename
+        assert (out / "model.sig").is_file() and dr.load(out, verify=public).run([0, 1]).logits.shape == (2, 3)
+        bad = run_cli(DEMO, "-o", tmp_path / "y", "--sign", public, "-q")    # a public key: refused before any work
+        assert bad.returncode == 2 and "cannot sign" in bad.stderr and not (tmp_path / "y").exists()
     assert json.loads((out / "manifest.json").read_text())["max_iters_cap"] == 4   # (size against the cap: test_export_graph.py)
     assert proc.stderr == ""                                  # -q is quiet
     assert run_cli(DEMO, "--opset", "12").returncode == 2

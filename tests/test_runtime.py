@@ -224,3 +224,14 @@ def test_readme_embedding_example_runs(artifact, tmp_path):
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "answer 0100110" in proc.stdout
+
+
+def test_memory_levels_off_over_many_calls(artifact):
+    """The soak bound (docs/design.md, "Resource bounds"): after 200 warm-up calls, 1,800 more
+    Runtime.run() calls grow the process's RSS by less than 8 MiB."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "soak.py"), str(artifact), "--calls", "2000",
+                           "--warmup", "200", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["calls"] == 2000 and len(report["rss_mib"]) == 10       # 200, 400, ..., 2000
+    assert report["growth_mib"] < 8, report

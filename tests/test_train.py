@@ -64,7 +64,7 @@ def test_cli_trains_and_saves_a_loadable_checkpoint(tmp_path):
     (["--task", "sorting"], "unknown task 'sorting'"),
     (["--d-model", "30", "--n-heads", "4"], "d_model"),
     (["--steps", "0"], "steps"),
-    (["--min-seq-len", "30"], "min-seq-len must be in [1, seq-len]"),
+    (["--min-seq-len", "30"], "--min-seq-len must be an int in [1, 24]"),
 ])
 def test_cli_bad_arguments_exit_2(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "depthscale.train", "-q", "-o", str(tmp_path / "m.pt"), *args],

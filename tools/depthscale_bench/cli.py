@@ -28,7 +28,7 @@ import torch
 
 import depthscale
 from depthscale import DepthScaleModel, demo_checkpoint, load_checkpoint
-from depthscale.atomic_dir import staging_dir
+from depthscale.atomic_dir import TargetError, check_target, staging_dir
 from depthscale_runtime.interrupt import interruptible
 
 from . import decode, depth, early_exit, latency, machine_limit, report, sequence, size, unrolled
@@ -201,8 +201,10 @@ def _main(argv=None) -> int:
     if unknown:
         p.error(f"--only: unknown section(s) {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
     out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"depthscale-bench: error: {out} exists (use --force to replace it)", file=sys.stderr)
+    try:
+        check_target(out, args.force, "results.json", "bench output")
+    except TargetError as e:
+        print(f"depthscale-bench: error: {e}", file=sys.stderr)
         return 2
     plan = dataclasses.replace(PLANS["quick" if args.quick else "full"], grid=args.grid)
     start = time.perf_counter()
