@@ -432,9 +432,13 @@ class DepthScaleModel(nn.Module):
         token's s, iterations, delta and memory are unchanged.
 
         Over the active tokens only (_core_step_active) where the model skips done tokens and few enough
-        tokens still run (sparse=None: decided from done; True / False: the caller decided); else dense."""
-        if self._skips(past, rope) and (bool(self._sparse(done)) if sparse is None else sparse):
-            return self._core_step_active(e, s, done, iterations, delta, memory, t, tol, max_iters, rope)
+        tokens still run (sparse=None: decided from done, dense when exporting; True / False: the caller
+        decided); else dense."""
+        if self._skips(past, rope):
+            if sparse is None:              # exporting step by step (an unrolled graph) cannot branch on data
+                sparse = not torch.compiler.is_exporting() and bool(self._sparse(done))
+            if sparse:
+                return self._core_step_active(e, s, done, iterations, delta, memory, t, tol, max_iters, rope)
         return self._core_step_dense(e, s, done, iterations, delta, memory, t, tol, max_iters, rope, past)
 
     def _skips(self, past, rope) -> bool:

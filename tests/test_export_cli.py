@@ -97,23 +97,27 @@ def test_ort_matches_eager_across_the_grid(artifact):
 
 @pytest.mark.parametrize("graph,attention", [("model", "WindowAttention"), ("prefill", "WindowAttention"),
                                              ("decode", "CachedAttention")])
-def test_each_graph_has_one_loop_and_custom_nodes_with_functions(artifact, graph, attention):
+def test_each_graph_has_its_loops_and_custom_nodes_with_functions(artifact, graph, attention):
+    """The whole-pass and prefill graphs: a dense Loop (WindowAttention), then an active-set one
+    (CachedAttention over the running tokens' blocks); the decode graph: one dense Loop."""
     out, _ = artifact
     model = onnx.load(out / f"{graph}.onnx")
     loops = [n for n in model.graph.node if n.op_type == "Loop"]
-    assert len(loops) == 1
-    body = next(a.g for a in loops[0].attribute if a.name == "body")
-    custom = [n for n in body.node if n.domain == "depthscale"]
-    assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", attention}
-    for n in custom:
-        attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
-        assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
+    attentions = [attention, "CachedAttention"] if graph != "decode" else [attention]
+    assert len(loops) == len(attentions)
+    for loop, loop_attention in zip(loops, attentions):
+        body = next(a.g for a in loop.attribute if a.name == "body")
+        custom = [n for n in body.node if n.domain == "depthscale"]
+        assert {n.op_type for n in custom} == {"BitLinear", "GatedBitLinear", loop_attention}
+        for n in custom:
+            attrs = {a.name: a.s for a in n.attribute if a.type == onnx.AttributeProto.STRING}
+            assert attrs == {"plugin_namespace": b"depthscale", "plugin_version": b"1"}
     helpers = BODY_HELPERS if attention == "WindowAttention" else ("UnpackTernary", "QuantizedProduct", "GatedProduct")
     outside = [n.op_type for n in model.graph.node if n.domain == "depthscale"]   # prelude, coda, then the head
     assert outside[-1] == "ExactLinear" and outside.count("ExactLinear") == 1
     assert set(outside[:-1]) == {"BitLinear", "GatedBitLinear", attention}
     assert {(f.domain, f.name) for f in model.functions} == {   # the ops, and the helpers their bodies call
-        ("depthscale", name) for name in ("BitLinear", "GatedBitLinear", attention, "ExactLinear", *helpers)}
+        ("depthscale", name) for name in ("BitLinear", "GatedBitLinear", *attentions, "ExactLinear", *helpers)}
 
 
 def test_the_graphs_share_one_copy_of_the_weights(artifact):
