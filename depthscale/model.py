@@ -449,7 +449,8 @@ class DepthScaleModel(nn.Module):
         """bool []: few enough tokens still run (at most active_crossover of the positions) that the
         active-set step is the faster one."""
         num, den = self.active_crossover
-        return (~done).sum() * den <= done.numel() * num
+        positions = torch.ones_like(done, dtype=torch.int64).sum()     # a tensor, not done.numel(): a symbolic
+        return (~done).sum() * den <= positions * num                   # size torch.export cannot carry into a Loop
 
     def _core_step_dense(self, e, s, done, iterations, delta, memory, t, tol, max_iters, rope, past=None):
         """_core_step over every position (done ones' results discarded)."""
