@@ -183,8 +183,8 @@ class ActiveSet:
         running = ~F.pad(self.done, (0, nb * b - n), value=True).reshape(B * nb, b).all(-1)   # [B · nb]
         ids = torch.nonzero(running).squeeze(1)
         rank = torch.cumsum(running.to(torch.int64), 0) - 1                        # block id -> its index in ids
-        block = self.row * nb + torch.div(self.pos, b, rounding_mode="floor")
-        return ids, rank[block] * b + (self.pos - torch.div(self.pos, b, rounding_mode="floor") * b)
+        block_in_row = torch.div(self.pos, b, rounding_mode="floor")
+        return ids, rank[self.row * nb + block_in_row] * b + (self.pos - block_in_row * b)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, n, ...] -> its active tokens [M, ...]."""
