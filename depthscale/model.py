@@ -102,29 +102,32 @@ class WindowSelfAttention(nn.Module):
         """Queries of the active tokens (q [1, H, M, dh]) over the whole memory (k, v, each [B, Hkv, n, dh])
         -> [1, M, d]. By blocks, as the dense window_attention: positions in blocks of b queries; each block
         holding an active token attends to its own and the R blocks before it (its queries in place, zeros
-        for done tokens, whose results are dropped), so the keys are gathered (R + 1)-fold, not W-fold."""
+        for done tokens, whose results are dropped), so the keys are gathered (R + 1)-fold, not W-fold.
+        A window of at most ACTIVE_SUB_BLOCKS makes blocks of one query: the active tokens themselves."""
         (q,), (k, v) = queries, memory
         B, _, n, _ = k.shape
-        W = min(self.window, n)                                                    # keys further back do not exist
-        b = ceil_div(W, ACTIVE_SUB_BLOCKS)                                         # queries per block
-        R = ceil_div(W - 1, b)                                                     # key blocks before a query block
-        nb = ceil_div(n, b)
-        ids, slot = active.blocks(b)                                               # [Mb] blocks; [M] row of each token
-        row = torch.div(ids, nb, rounding_mode="floor")                           # [Mb] each block's row
-        first = (ids - row * nb) * b                                               # [Mb] its first position
-        qgrid = zeros(q, B * nb * b, self.h, self.dh).index_put((active.row * (nb * b) + active.pos,),
-                                                                 q[0].transpose(0, 1))
-        qb = qgrid.reshape(B * nb, b, self.h, self.dh)[ids].transpose(1, 2)      # [Mb, H, b, dh]
-        key_blocks = (ids + row * R)[:, None] + torch.arange(R + 1, device=q.device)   # [Mb, R + 1], R front blocks
-
-        def blocks_of(item):                                                       # -> [Mb, Hkv, (R + 1)·b, dh]
-            padded = F.pad(item, (0, 0, R * b, nb * b - n)).reshape(B, self.h_kv, nb + R, b, self.dh)
-            gathered = padded.transpose(1, 2).reshape(B * (nb + R), self.h_kv, b, self.dh)[key_blocks]
-            return gathered.transpose(1, 2).reshape(-1, self.h_kv, (R + 1) * b, self.dh)
-
-        o = cached_attention(qb, blocks_of(k), blocks_of(v), first, first - R * b, self.window)   # [Mb, H, b, dh]
-        o = o.transpose(1, 2).reshape(-1, self.h * self.dh)[slot]                  # [M, H·dh]
-        return self.out(o[None])
+        b = ceil_div(self.window, ACTIVE_SUB_BLOCKS)                               # queries per block (static)
+        R = ceil_div(self.window - 1, b)                                           # key blocks before a query block
+        if b == 1:
+            row, first = active.row, active.pos                                    # [M] each block's row, position
+            qb = q[0].transpose(0, 1)[:, :, None]                                  # [M, H, 1, dh]
+        else:
+            nb = ceil_div(n, b)
+            ids, slot = active.blocks(b)                                           # [Mb] blocks; [M] row of each token
+            row = torch.div(ids, nb, rounding_mode="floor")                       # [Mb] each block's row
+            first = (ids - row * nb) * b                                           # [Mb] its first position
+            qgrid = zeros(q, B * nb * b, self.h, self.dh).index_put((active.row * (nb * b) + active.pos,),
+                                                                     q[0].transpose(0, 1))
+            qb = qgrid.reshape(B * nb, b, self.h, self.dh)[ids].transpose(1, 2)  # [Mb, H, b, dh]
+        # each block's keys: positions first - R·b ..< first + b, read clamped to 0..n-1 (the ones outside,
+        # before the sequence or past its end, are masked: cached_attention reads their true positions)
+        kpos = (first - R * b)[:, None] + torch.arange((R + 1) * b, device=q.device)        # [Mb, K]
+        heads = torch.arange(self.h_kv, device=q.device)
+        flat = ((row[:, None] * self.h_kv + heads)[:, :, None] * n + kpos.clamp(0, n - 1)[:, None])  # [Mb, Hkv, K]
+        o = cached_attention(qb, k.reshape(-1, self.dh)[flat], v.reshape(-1, self.dh)[flat], first,
+                             first - R * b, self.window)                           # [Mb, H, b, dh]
+        o = o.transpose(1, 2).reshape(-1, self.h * self.dh)                        # [Mb · b, H·dh]
+        return self.out((o if b == 1 else o[slot])[None])
 
     def empty_memory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero memory for the positions of x [B, n, d]: (k, v), each [B, Hkv, n, dh]."""
@@ -196,7 +199,8 @@ class ActiveSet:
 
     def scatter_memory(self, item: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """A memory item [B, heads, n, dh] with the active tokens' entries replaced by values [M, heads, dh]."""
-        return item.transpose(1, 2).index_put((self.row, self.pos), values).transpose(1, 2)
+        heads = torch.arange(item.shape[1], device=item.device)
+        return item.index_put((self.row[:, None], heads[None, :], self.pos[:, None]), values)
 
 
 class Block(nn.Module):
@@ -482,7 +486,7 @@ class DepthScaleModel(nn.Module):
         delta_new = self._delta(s_new, s_a)                                        # [M]
         stops = self._stops(delta_new, t, tol[active.row], max_iters[active.row])
         return (active.scatter(s, s_new), active.scatter(done, stops),
-                active.scatter(iterations, torch.zeros_like(active.flat) + t), active.scatter(delta, delta_new),
+                torch.where(done, iterations, t), active.scatter(delta, delta_new),
                 tuple(used))
 
     def _delta(self, s_new: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
