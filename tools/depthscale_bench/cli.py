@@ -191,8 +191,9 @@ def _main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes, one repetition: a smoke run in < 2 min")
     p.add_argument("-o", "--out", default="bench-results", help="output directory (default bench-results)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    p.add_argument("--grid", choices=("axes", "full"), default="axes",
-                   help="latency points: each of batch/seq/T varied around the anchor (default), or every combination")
+    p.add_argument("--grid", choices=("axes", "full", "anchor"), default="axes",
+                   help="latency points: each of batch/seq/T varied around the anchor (default), every combination, "
+                        "or the anchor only")
     p.add_argument("--only", metavar="SECTION[,SECTION...]", type=lambda v: v.split(","),
                    help=f"run only these sections (of {', '.join(SECTIONS)}); results.md, the plots and the targets "
                         f"then cover only them")

@@ -9,10 +9,12 @@ from .timing import interleaved
 
 
 def shapes(plan) -> list[tuple[int, int, int]]:
-    """(batch, seq, T) points: every combination (grid "full"), or each axis varied around the anchor
-    with the others held at the anchor's values (grid "axes")."""
+    """(batch, seq, T) points: every combination (grid "full"), each axis varied around the anchor
+    with the others held at the anchor's values (grid "axes"), or the anchor only (grid "anchor")."""
     if plan.grid == "full":
         return list(itertools.product(plan.batches, plan.seqs, plan.iters))
+    if plan.grid == "anchor":
+        return [plan.anchor]
     b0, n0, t0 = plan.anchor
     points = [(b, n0, t0) for b in plan.batches] + [(b0, n, t0) for n in plan.seqs] + [(b0, n0, t) for t in plan.iters]
     return sorted(set(points), key=points.index)

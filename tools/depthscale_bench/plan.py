@@ -17,7 +17,8 @@ class Plan:
     seqs: tuple[int, ...]
     iters: tuple[int, ...]
     threads: tuple[int, ...]
-    grid: str                            # "axes": vary one of batch/seq/T around the anchor; "full": all
+    grid: str                            # "axes": vary one of batch/seq/T around the anchor; "full": all;
+                                         # "anchor": the anchor only
     reps: int                            # timed repetitions (at least 3 are kept under budget_s)
     budget_s: float                      # per measurement: stop adding repetitions past 3 after this long
     size_caps: tuple[int, int]           # T caps of the two exports compared for size
@@ -53,7 +54,7 @@ class Plan:
 FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8), seqs=(128, 512, 2048),
             iters=(4, 16, 64), threads=(1, 2), grid="axes", reps=5, budget_s=20.0, size_caps=(4, 64),
             depth_iters=(4, 16, 64), depth_shape=(1, 512), depth_reps=5, seq_sweep=(512, 1024, 2048, 4096), seq_iters=16,
-            unroll_steps=16, session_reps=3, early_exit_tols=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1),
+            unroll_steps=16, session_reps=3, early_exit_tols=(0.0, 0.001, 0.003, 0.01, 0.0125, 0.02, 0.03, 0.1),
             early_exit_examples=256, early_exit_length=24, early_exit_long=(1023,), early_exit_batches=(1, 8, 32),
             early_exit_loops=("dense", "active", "active-only"), early_exit_models=("parity", "sum"),
             products=((2048, 2048, 2048), (4096, 512, 3072), (4096, 1536, 512)),
