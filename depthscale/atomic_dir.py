@@ -37,17 +37,25 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staging_dir(out: Path, replace: bool):
-    """Yields a temporary sibling `.NAME.tmp-PID-*` of `out`; on normal exit it takes `out`'s place (an
-    existing `out` only if replace, else FileExistsError). On any exception, KeyboardInterrupt included,
-    the temporary directory is removed. A killed process leaves at most that hidden directory, which the
+    """Yields a temporary sibling `.NAME.tmp-PID-*` of `out` (with the mode mkdir would give `out`); on
+    normal exit it takes `out`'s place (an existing `out` only if replace, else FileExistsError). On any
+    exception, KeyboardInterrupt included, the temporary directory is removed. A killed process leaves at most that hidden directory, which the
     next staging_dir for the same `out` removes (its PID is gone)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())        # the mode mkdir gives (mkdtemp's is 0700): others can read it
         yield tmp
         if out.exists():
             if not replace:

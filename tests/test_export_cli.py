@@ -284,6 +284,19 @@ def test_force_never_replaces_the_input_or_what_is_not_an_artifact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model.pt", "work"] and not any(work.iterdir())
 
 
+def test_an_output_directory_gets_the_mode_mkdir_gives(tmp_path):
+    """Not mkdtemp's 0700: an artifact shared with other users must be readable by them."""
+    from depthscale.atomic_dir import staging_dir
+    old = os.umask(0o022)
+    try:
+        with staging_dir(tmp_path / "out", replace=False) as tmp:
+            (tmp / "manifest.json").write_text("{}")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o755
+
+
 def test_a_killed_exports_staging_directory_is_removed_by_the_next(tmp_path):
     from depthscale.atomic_dir import staging_dir
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
