@@ -36,11 +36,19 @@ def graphs(ws, label: str, model, loops, made: dict) -> dict:
     return out
 
 
+def outputs(s, ids: np.ndarray, T: int, tol: float, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, iterations) of every row of ids, `rows` at a time (one call over 256 examples of 1024
+    tokens grew the three sessions' arenas past 20 GB)."""
+    parts = [s.run(None, forward_feed(ids[i:i + rows], T, tol)) for i in range(0, len(ids), rows)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def run(models: list, plan, log) -> dict:
     """models: [(label, config, {loop: Exported})], each a trained model and its graphs (T cap =
     config.max_iters). For every length (the task's own, and plan.early_exit_long where the model's
     max_seq_len allows), tol and batch: accuracy and top-1 agreement with tol 0 (T full iterations) over
-    plan.early_exit_examples seeded examples, then every loop timed on the first `batch` of them."""
+    plan.early_exit_examples seeded examples (early_exit_long_examples at the long lengths), then every loop
+    timed on the first `batch` of them."""
     results = []
     for label, config, onnx in models:
         task = get_task(config.task)
@@ -48,13 +56,14 @@ def run(models: list, plan, log) -> dict:
         sessions = {loop: session(e.onnx_path, 1) for loop, e in onnx.items()}
         lengths = [plan.early_exit_length] + [n for n in plan.early_exit_long if n + 1 <= config.max_seq_len]
         for length in lengths:
-            data = task.sample(plan.early_exit_examples, length, torch.Generator().manual_seed(1234))
+            examples = plan.early_exit_examples if length == plan.early_exit_length else plan.early_exit_long_examples
+            data = task.sample(examples, length, torch.Generator().manual_seed(1234))
             ids, labels = data.ids.numpy(), data.labels.numpy()
             mask = labels != IGNORE
-            full = sessions["dense"].run(None, forward_feed(ids, T, 0.0))[0].argmax(-1)
+            full = outputs(sessions["dense"], ids, T, 0.0, plan.early_exit_batches[-1])[0].argmax(-1)
             rows = []
             for tol in plan.early_exit_tols:
-                outs = {loop: s.run(None, forward_feed(ids, T, tol)) for loop, s in sessions.items()}
+                outs = {loop: outputs(s, ids, T, tol, plan.early_exit_batches[-1]) for loop, s in sessions.items()}
                 logits, iterations = outs["dense"]
                 same = all(np.array_equal(o[0], logits) and np.array_equal(o[1], iterations) for o in outs.values())
                 top1 = logits.argmax(-1)

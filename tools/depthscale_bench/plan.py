@@ -30,7 +30,8 @@ class Plan:
     unroll_steps: int
     session_reps: int
     early_exit_tols: tuple[float, ...]
-    early_exit_examples: int             # seeded examples accuracy and agreement are read over
+    early_exit_examples: int             # seeded examples accuracy and agreement are read over ...
+    early_exit_long_examples: int        # ... and at the long lengths (run early_exit_batches[-1] at a time)
     early_exit_length: int               # the tasks' own length (characters, BOS not counted) ...
     early_exit_long: tuple[int, ...]     # ... and these, where a model's max_seq_len allows
     early_exit_batches: tuple[int, ...]  # batches timed (the first examples)
@@ -55,7 +56,7 @@ FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8
             iters=(4, 16, 64), threads=(1, 2), grid="axes", reps=5, budget_s=20.0, size_caps=(4, 64),
             depth_iters=(4, 16, 64), depth_shape=(1, 512), depth_reps=5, seq_sweep=(512, 1024, 2048, 4096), seq_iters=16,
             unroll_steps=16, session_reps=3, early_exit_tols=(0.0, 0.001, 0.003, 0.01, 0.0125, 0.02, 0.03, 0.1),
-            early_exit_examples=256, early_exit_length=24, early_exit_long=(1023,), early_exit_batches=(1, 8, 32),
+            early_exit_examples=256, early_exit_long_examples=64, early_exit_length=24, early_exit_long=(1023,), early_exit_batches=(1, 8, 32),
             early_exit_loops=("dense", "active", "active-only"), early_exit_models=("parity", "sum"),
             products=((2048, 2048, 2048), (4096, 512, 3072), (4096, 1536, 512)),
             decode_cap=16, decode_batches=(1, 8), decode_seqs=(512, 4096), decode_warmup=2, decode_steps=7, decode_recompute_reps=3,
@@ -66,7 +67,7 @@ FULL = Plan(name="full", reference=REFERENCE, anchor=(1, 512, 16), batches=(1, 8
 QUICK = Plan(name="quick", reference=QUICK_REFERENCE, anchor=(1, 64, 4), batches=(1, 2), seqs=(16, 64),
              iters=(2, 4, 8), threads=(1, 2), grid="axes", reps=1, budget_s=1.0, size_caps=(2, 8),
              depth_iters=(2, 8), depth_shape=(1, 64), depth_reps=1, seq_sweep=(32, 64, 128), seq_iters=4, unroll_steps=4,
-             session_reps=1, early_exit_tols=(0.0, 0.003, 0.03), early_exit_examples=16, early_exit_length=12,
+             session_reps=1, early_exit_tols=(0.0, 0.003, 0.03), early_exit_examples=16, early_exit_long_examples=16, early_exit_length=12,
              early_exit_long=(), early_exit_batches=(1, 4), early_exit_loops=("dense", "active"), early_exit_models=("parity",),
              products=((512, 512, 512), (1024, 64, 256)),
              decode_cap=8, decode_batches=(1, 2), decode_seqs=(32, 128), decode_warmup=1, decode_steps=3, decode_recompute_reps=1,
