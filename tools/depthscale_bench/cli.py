@@ -1,8 +1,8 @@
 """depthscale-bench: measure everything side by side in one run and write results.json, results.md and
 PNG plots into OUT (atomically: OUT appears complete or not at all).
 
-    python tools/bench.py                 # the full plan, under 20 minutes on 2 cores
-    python tools/bench.py --quick         # the same sections on small shapes, under 2 minutes
+    python tools/bench.py                 # the full plan (its early-exit section alone: 15 minutes on 2 cores)
+    python tools/bench.py --quick         # the same sections on small shapes, about 6 minutes
     python tools/bench.py --only decode   # one section (or several, comma-separated)
 
 Exit codes: 0 measured (missed targets are reported in the results, not by the exit code), 2 bad usage.
@@ -188,7 +188,7 @@ def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="depthscale-bench", description=__doc__.split("\n\n")[0],
                                 epilog="exit codes: 0 measured, 2 bad usage, 130 interrupted (nothing written)")
-    p.add_argument("--quick", action="store_true", help="small shapes, one repetition: a smoke run in < 2 min")
+    p.add_argument("--quick", action="store_true", help="small shapes, one repetition: a smoke run (about 6 min on 2 cores)")
     p.add_argument("-o", "--out", default="bench-results", help="output directory (default bench-results)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--grid", choices=("axes", "full", "anchor"), default="axes",
