@@ -1,12 +1,26 @@
 """DepthScale: recurrent-depth transformers with BitNet linears, windowed attention and a YOCO
-cross-decoder; model, checkpoints and training."""
+cross-decoder; model, checkpoints and training.
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from depthscale_runtime.config import DepthScaleConfig
-from .demo import demo_checkpoint
-from .model import DepthScaleModel, DepthScaleOutput, RecurrentState
+The names below load on first use (PEP 562), so that importing a torch-free part of the package
+(depthscale.atomic_dir, for the Triton repository writer) does not import torch."""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
+_WHERE = {"CheckpointError": ".checkpoint", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
+          "DepthScaleConfig": "depthscale_runtime.config", "demo_checkpoint": ".demo",
+          "DepthScaleModel": ".model", "DepthScaleOutput": ".model", "RecurrentState": ".model"}
+
 __all__ = ["CheckpointError", "DepthScaleConfig", "DepthScaleModel", "DepthScaleOutput", "RecurrentState",
            "__version__", "demo_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'depthscale' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name], __name__), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

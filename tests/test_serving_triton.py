@@ -253,3 +253,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(sum_artifact, tmp_path):
     assert exists.returncode == 2 and exists.stderr.count("\n") == 1 and "--force" in exists.stderr
     assert json.loads((repo / MARKER).read_text())["models"] == ["depthscale"]
     assert not list(tmp_path.glob(".*"))                                      # no staging left behind
+
+
+def test_the_repository_writer_and_its_cli_do_not_import_torch():
+    """depthscale-serve needs no torch: importing it costs ~0.5 s, not the ~3 s torch takes."""
+    code = ("import sys, depthscale_export.serving.cli, depthscale_export.serving.triton, depthscale_export.serving.ray_data; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]

@@ -22,6 +22,7 @@ def register_cuda_kernels() -> bool:
         from .window_attention_triton import cached_attention_triton, window_attention_triton
     except ImportError:
         return False
+    from .. import exact_math, window_attention  # noqa: F401  (define the ops registered below)
     from ..bitlinear import swiglu
 
     torch.library.register_kernel("depthscale::bitlinear", "cuda", bitlinear_triton)
