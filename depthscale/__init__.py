@@ -4,7 +4,7 @@ cross-decoder; model, checkpoints and training.
 The names below load on first use (PEP 562), so that importing a torch-free part of the package
 (depthscale.atomic_dir, for the Triton repository writer) does not import torch."""
 
-from importlib import import_module
+from .lazy_names import lazy_names
 
 __version__ = "0.1.0"
 
@@ -15,12 +15,4 @@ _WHERE = {"CheckpointError": ".checkpoint", "load_checkpoint": ".checkpoint", "s
 __all__ = ["CheckpointError", "DepthScaleConfig", "DepthScaleModel", "DepthScaleOutput", "RecurrentState",
            "__version__", "demo_checkpoint", "load_checkpoint", "save_checkpoint"]
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'depthscale' has no attribute {name!r}")
-    return getattr(import_module(_WHERE[name], __name__), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, __all__)

@@ -48,8 +48,8 @@ def _umask() -> int:
 def staging_dir(out: Path, replace: bool):
     """Yields a temporary sibling `.NAME.tmp-PID-*` of `out` (with the mode mkdir would give `out`); on
     normal exit it takes `out`'s place (an existing `out` only if replace, else FileExistsError). On any
-    exception, KeyboardInterrupt included, the temporary directory is removed. A killed process leaves at most that hidden directory, which the
-    next staging_dir for the same `out` removes (its PID is gone)."""
+    exception, KeyboardInterrupt included, the temporary directory is removed. A killed process leaves at
+    most that hidden directory, which the next staging_dir for the same `out` removes (its PID is gone)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)

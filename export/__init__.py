@@ -7,7 +7,7 @@
 The names below load on first use (PEP 562): `depthscale-serve` and the serving modules need no torch.
 """
 
-from importlib import import_module
+from depthscale.lazy_names import lazy_names
 
 __version__ = "0.1.0"
 
@@ -16,12 +16,4 @@ _WHERE = {"BadInput": ".api", "ExportFailed": ".api", "ExportOptions": ".api", "
 
 __all__ = ["BadInput", "ExportFailed", "ExportOptions", "Tolerances", "__version__", "export"]
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'depthscale_export' has no attribute {name!r}")
-    return getattr(import_module(_WHERE[name], __name__), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, __all__)
